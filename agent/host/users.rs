@@ -1,0 +1,164 @@
+//! User and group lookup from `etc/passwd` and `etc/group` under the root. A static musl binary
+//! has no NSS, and a prefix root is not the running system's database, so the files are read
+//! directly (SageMaker notebooks keep ec2-user in these files).
+
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Uid};
+
+use super::root::Root;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub name: String,
+    pub uid: Uid,
+    pub gid: Gid,
+    pub home: PathBuf,
+    pub shell: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub name: String,
+    pub gid: Gid,
+    pub members: Vec<String>,
+}
+
+/// The user and group database of one root.
+#[derive(Debug, Clone, Default)]
+pub struct UserDb {
+    pub users: Vec<PasswdEntry>,
+    pub groups: Vec<GroupEntry>,
+}
+
+impl UserDb {
+    pub const PASSWD: &'static str = "/etc/passwd";
+    pub const GROUP: &'static str = "/etc/group";
+
+    /// Reads both files under `root`. A missing file is an empty database.
+    pub fn load(root: &Root) -> Result<Self, String> {
+        let read = |p: &str| -> Result<String, String> {
+            match std::fs::read_to_string(root.path(p)) {
+                Ok(s) => Ok(s),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+                Err(e) => Err(format!("{p}: {e}")),
+            }
+        };
+        Ok(Self {
+            users: parse_passwd(&read(Self::PASSWD)?),
+            groups: parse_group(&read(Self::GROUP)?),
+        })
+    }
+
+    pub fn user(&self, name: &str) -> Option<&PasswdEntry> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    pub fn user_by_uid(&self, uid: Uid) -> Option<&PasswdEntry> {
+        self.users.iter().find(|u| u.uid == uid)
+    }
+
+    pub fn group(&self, name: &str) -> Option<&GroupEntry> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    pub fn group_by_gid(&self, gid: Gid) -> Option<&GroupEntry> {
+        self.groups.iter().find(|g| g.gid == gid)
+    }
+
+    /// Names of every group `user` belongs to: the primary group, then supplementary ones in
+    /// file order.
+    pub fn groups_of(&self, user: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(primary) = self.user(user).and_then(|u| self.group_by_gid(u.gid)) {
+            out.push(primary.name.clone());
+        }
+        for g in &self.groups {
+            if g.members.iter().any(|m| m == user) && !out.contains(&g.name) {
+                out.push(g.name.clone());
+            }
+        }
+        out
+    }
+
+    /// The home directory of `user` from passwd, else `fallback`.
+    pub fn home_of(&self, user: &str, fallback: &Path) -> PathBuf {
+        self.user(user)
+            .map(|u| u.home.clone())
+            .unwrap_or_else(|| fallback.to_path_buf())
+    }
+}
+
+fn fields(line: &str) -> Option<Vec<&str>> {
+    let line = line.trim_end_matches('\r');
+    if line.is_empty() || line.starts_with('#') || line.starts_with('+') || line.starts_with('-') {
+        return None;
+    }
+    Some(line.split(':').collect())
+}
+
+pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    text.lines()
+        .filter_map(fields)
+        .filter_map(|f| {
+            if f.len() < 7 {
+                return None;
+            }
+            Some(PasswdEntry {
+                name: f[0].to_string(),
+                uid: Uid::from_raw(f[2].parse().ok()?),
+                gid: Gid::from_raw(f[3].parse().ok()?),
+                home: PathBuf::from(f[5]),
+                shell: f[6].to_string(),
+            })
+        })
+        .collect()
+}
+
+pub fn parse_group(text: &str) -> Vec<GroupEntry> {
+    text.lines()
+        .filter_map(fields)
+        .filter_map(|f| {
+            if f.len() < 4 {
+                return None;
+            }
+            Some(GroupEntry {
+                name: f[0].to_string(),
+                gid: Gid::from_raw(f[2].parse().ok()?),
+                members: f[3]
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+        # comment\n\
+        ec2-user:x:1000:1000:EC2 Default User:/home/ec2-user:/bin/bash\n\
+        broken-line\n";
+    const GROUP: &str = "root:x:0:\nwheel:x:10:ec2-user\nec2-user:x:1000:\n\
+        docker:x:992:ec2-user,alice\nadm:x:4:\n";
+
+    #[test]
+    fn parses_and_resolves_memberships() {
+        let db = UserDb {
+            users: parse_passwd(PASSWD),
+            groups: parse_group(GROUP),
+        };
+        assert_eq!(db.users.len(), 2);
+        let u = db.user("ec2-user").expect("ec2-user");
+        assert_eq!(u.uid, Uid::from_raw(1000));
+        assert_eq!(u.home, PathBuf::from("/home/ec2-user"));
+        assert_eq!(db.groups_of("ec2-user"), ["ec2-user", "wheel", "docker"]);
+        assert_eq!(db.groups_of("alice"), ["docker"]);
+        assert!(db.group("adm").is_some_and(|g| g.members.is_empty()));
+    }
+}

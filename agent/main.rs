@@ -1,0 +1,24 @@
+//! Entry point: parse arguments, start logging, dispatch. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use notebook_agent::cli::{self, Cli};
+use notebook_agent::exit::Exit;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap: --help/--version exit 0, usage errors exit 2.
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::Usage.into()
+            } else {
+                Exit::Ok.into()
+            };
+        }
+    };
+    notebook_agent::logging::init(cli.verbose, cli.command.is_daemon());
+    cli::run(cli).into()
+}
