@@ -1,0 +1,217 @@
+//! Shared helpers for the integration tests: an Amazon-Linux-shaped temp root, a tree snapshot
+//! for "byte-identical" assertions, a runner for the built binary with a sealed environment, and a
+//! minimal chroot with the real `visudo`.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A temp directory used as `--root`.
+pub struct TempRoot {
+    pub dir: tempfile::TempDir,
+}
+
+impl TempRoot {
+    pub fn empty() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("nbagent-root.")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    /// An Amazon-Linux notebook shape: ec2-user (1000) in wheel and docker, the cloud-init sudo
+    /// drop-in, a `%wheel` rule, SageMaker metadata, three conda-like envs, the SageMaker volume.
+    pub fn amazon_linux() -> Self {
+        let r = Self::empty();
+        r.write(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/bash\n\
+            ec2-user:x:1000:1000:EC2 Default User:/home/ec2-user:/bin/bash\n",
+            0o644,
+        );
+        r.write(
+            "etc/group",
+            "root:x:0:\nwheel:x:10:ec2-user\ndocker:x:992:ec2-user\n\
+            ec2-user:x:1000:\nadm:x:4:\n",
+            0o644,
+        );
+        r.write(
+            "etc/sudoers",
+            "Defaults env_reset\nroot ALL=(ALL) ALL\n%wheel ALL=(ALL) ALL\n\
+            #includedir /etc/sudoers.d\n",
+            0o440,
+        );
+        r.write(
+            "etc/sudoers.d/90-cloud-init-users",
+            "# Created by cloud-init\nec2-user ALL=(ALL) NOPASSWD:ALL\n",
+            0o440,
+        );
+        r.write("opt/ml/metadata/resource-metadata.json",
+            r#"{"ResourceArn":"arn:aws:sagemaker:us-east-1:123456789012:notebook-instance/test-nb","ResourceName":"test-nb"}"#,
+            0o644);
+        for env in [
+            "anaconda3",
+            "anaconda3/envs/python3",
+            "anaconda3/envs/JupyterSystemEnv",
+        ] {
+            r.mkdir(&format!("home/ec2-user/{env}/bin"));
+        }
+        r.mkdir("home/ec2-user/SageMaker");
+        r.mkdir("tmp");
+        r.mkdir("run");
+        r
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, contents: &str, mode: u32) {
+        let p = self.join(rel);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(&p, contents).expect("write");
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    pub fn mkdir(&self, rel: &str) {
+        fs::create_dir_all(self.join(rel)).expect("mkdir");
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.join(rel)).expect("read")
+    }
+
+    /// Every entry below the root with its type, mode, owner and contents (or link target).
+    pub fn snapshot(&self) -> BTreeMap<String, String> {
+        snapshot(self.path(), &[])
+    }
+
+    /// Like [`snapshot`](Self::snapshot), leaving out subtrees (e.g. the agent's state dir).
+    pub fn snapshot_without(&self, skip: &[&str]) -> BTreeMap<String, String> {
+        snapshot(self.path(), skip)
+    }
+
+    /// Installs the real `visudo` (with its libraries and a passwd for root) so that commands
+    /// the agent runs chrooted into this root exercise the production path.
+    pub fn install_visudo(&self) {
+        require_root("chroot into the test root");
+        let visudo = Path::new("/usr/sbin/visudo");
+        assert!(
+            visudo.exists(),
+            "/usr/sbin/visudo is missing: run tests/setup.sh (apt-get install -y sudo)"
+        );
+        let ldd = Command::new("ldd").arg(visudo).output().expect("ldd");
+        let mut files = vec![visudo.to_path_buf()];
+        for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
+            if word.starts_with('/') {
+                files.push(PathBuf::from(word));
+            }
+        }
+        for nss in [
+            "/lib/x86_64-linux-gnu/libnss_files.so.2",
+            "/etc/nsswitch.conf",
+        ] {
+            if Path::new(nss).exists() {
+                files.push(PathBuf::from(nss));
+            }
+        }
+        for f in files {
+            let dest = self.path().join(f.strip_prefix("/").expect("absolute"));
+            fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+            fs::copy(&f, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", f.display()));
+        }
+    }
+}
+
+pub fn require_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test must run as root ({why}); run the suite with tests/run.sh as root"
+    );
+}
+
+fn snapshot(root: &Path, skip: &[&str]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("prefix")
+                .to_string_lossy()
+                .into_owned();
+            if skip
+                .iter()
+                .any(|s| rel == *s || rel.starts_with(&format!("{s}/")))
+            {
+                continue;
+            }
+            let md = fs::symlink_metadata(&path).expect("lstat");
+            let head = format!("{:o} {}:{}", md.mode(), md.uid(), md.gid());
+            let desc = if md.file_type().is_symlink() {
+                format!(
+                    "{head} -> {}",
+                    fs::read_link(&path).expect("readlink").display()
+                )
+            } else if md.is_dir() {
+                stack.push(path.clone());
+                format!("{head} dir")
+            } else {
+                format!(
+                    "{head} {:?}",
+                    String::from_utf8_lossy(&fs::read(&path).expect("read"))
+                )
+            };
+            out.insert(rel, desc);
+        }
+    }
+    out
+}
+
+/// The environment every test process gets: fake AWS credentials and region, IMDS disabled and,
+/// should anything still ask, pointed at a closed loopback port — never 169.254.169.254.
+pub const TEST_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "AKIATESTTESTTESTTEST"),
+    ("AWS_SECRET_ACCESS_KEY", "test-secret-key"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9"),
+    ("LC_ALL", "C"),
+];
+
+/// Runs the built binary with a sealed environment.
+pub fn agent(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_notebook-agent"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    for (k, v) in TEST_ENV {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run notebook-agent")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The repository's root (for packaged files like the example config).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
