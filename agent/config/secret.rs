@@ -58,10 +58,11 @@ impl SecretUrl {
         let user = url.username();
         let password = url.password().unwrap_or("");
         if !user.is_empty() || !password.is_empty() {
+            // With the scheme's "//" and the "@" so that the replacement keeps the URL's shape.
             let userinfo = if password.is_empty() {
-                format!("{user}@")
+                format!("//{user}@")
             } else {
-                format!("{user}:{password}@")
+                format!("//{user}:{password}@")
             };
             out.push(userinfo);
         }
@@ -144,6 +145,12 @@ impl Redactor {
     pub fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
         for s in &self.secrets {
+            if let Some(info) = s.strip_prefix("//").and_then(|x| x.strip_suffix('@')) {
+                if !info.is_empty() {
+                    out = out.replace(s.as_str(), &format!("//{REDACTED}@"));
+                    continue;
+                }
+            }
             out = out.replace(s.as_str(), REDACTED);
             // Tools may write the percent-decoded form.
             if let Ok(decoded) = percent_decode(s) {
