@@ -16,3 +16,4 @@ pub fn managed_banner(comment: &str) -> String {
          {comment} Change /etc/notebook-agent/config.json (through the lifecycle configuration) instead.\n"
     )
 }
+pub mod sudoers;

@@ -34,9 +34,12 @@ printf '%s\n' '# Created by cloud-init v. 22.2.2 (notebook-agent sandbox profile
   '' '# User rules for ec2-user' 'ec2-user ALL=(ALL) NOPASSWD:ALL' \
   >/etc/sudoers.d/90-cloud-init-users
 chmod 0440 /etc/sudoers.d/90-cloud-init-users
+# sudo applies the LAST matching rule: like AL, the %wheel line must come
+# before the include of sudoers.d, or it would override cloud-init's NOPASSWD.
 if ! grep -qE '^%wheel[[:space:]]+ALL=\(ALL\)[[:space:]]+ALL' /etc/sudoers; then
-  printf '\n## Allows people in group wheel to run all commands (Amazon Linux)\n%%wheel\tALL=(ALL)\tALL\n' >>/etc/sudoers
+  sed -i '/^[@#]includedir[[:space:]]/i ## Allows people in group wheel to run all commands (Amazon Linux)\n%wheel\tALL=(ALL)\tALL\n' /etc/sudoers
 fi
+grep -qE '^%wheel' /etc/sudoers
 visudo -cf /etc/sudoers >/dev/null
 visudo -cf /etc/sudoers.d/90-cloud-init-users >/dev/null
 
@@ -87,6 +90,11 @@ systemctl mask \
   >/dev/null 2>&1
 # No network config means no DHCP waits; the container runs --private-network.
 echo "$NOTEBOOK_NAME" >/etc/hostname
+cat >/etc/hosts <<EOF
+127.0.0.1   localhost localhost.localdomain localhost4 localhost4.localdomain4
+::1         localhost6 localhost6.localdomain6
+127.0.1.1   $NOTEBOOK_NAME
+EOF
 : >/etc/machine-id   # fresh machine-id per boot, like a new instance
 apt-get clean
 rm -rf /var/lib/apt/lists/* /root/.cache /tmp/* /var/tmp/*

@@ -41,6 +41,12 @@ SANDBOX_OVERLAY=0
 
 _sb_log() { printf '[sandbox] %s\n' "$*" >&2; }
 
+# Is PID alive? (An exited but unreaped child is a zombie: kill -0 still works.)
+_sb_alive() {
+  local st
+  [[ -n ${1:-} ]] && st=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $st != Z* ]]
+}
+
 # sandbox_add_bind [--ro] SRC[:DST[:OPTS]]  (DST defaults to SRC)
 sandbox_add_bind() {
   local opt=--bind
@@ -85,7 +91,7 @@ sandbox_attach() {  # $1 = run dir
   [[ -f $1/state ]] || { _sb_log "no sandbox state in $1"; return 2; }
   # shellcheck disable=SC1091
   . "$1/state"
-  kill -0 "$SANDBOX_LEADER" 2>/dev/null || { _sb_log "sandbox in $1 is not running"; return 1; }
+  _sb_alive "$SANDBOX_LEADER" || { _sb_log "sandbox in $1 is not running"; return 1; }
 }
 
 # The container's PID 1 is the child of systemd-nspawn whose NSpid ends in 1.
@@ -109,16 +115,22 @@ sandbox_boot() {
   SANDBOX_NSPAWN_PID=$!
   for ((i = 0; i < 200; i++)); do
     SANDBOX_LEADER=$(_sandbox_find_leader) && break
-    kill -0 "$SANDBOX_NSPAWN_PID" 2>/dev/null || break
+    _sb_alive "$SANDBOX_NSPAWN_PID" || break
     sleep 0.05
   done
   if [[ -z $SANDBOX_LEADER ]]; then
     _sb_log "container did not start; console log:"; cat "$log" >&2; return 1
   fi
   _sandbox_save_state
-  # is-system-running --wait blocks until boot finished (running/degraded/...).
-  state=$(timeout "$SANDBOX_BOOT_TIMEOUT" \
-    nsenter -t "$SANDBOX_LEADER" -m -p -- /bin/systemctl is-system-running --wait 2>/dev/null) || true
+  # is-system-running says "offline" until PID 1 listens on its private
+  # socket; then --wait blocks until boot finished (running/degraded/...).
+  local deadline=$((SECONDS + SANDBOX_BOOT_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    state=$(sandbox_exec_timeout $((deadline - SECONDS + 1)) systemctl is-system-running --wait 2>/dev/null) || true
+    [[ $state == offline || -z $state ]] || break
+    _sb_alive "$SANDBOX_LEADER" || break
+    sleep 0.05
+  done
   case $state in
     running) ;;
     degraded)
@@ -130,7 +142,7 @@ sandbox_boot() {
 }
 
 sandbox_running() {
-  [[ -n $SANDBOX_LEADER ]] && kill -0 "$SANDBOX_LEADER" 2>/dev/null
+  _sb_alive "$SANDBOX_LEADER"
 }
 
 # sandbox_exec CMD [ARGS...]: run as root inside the container (all its
@@ -138,9 +150,17 @@ sandbox_running() {
 # stdin/stdout/stderr are the caller's.
 sandbox_exec() {
   sandbox_running || { _sb_log "sandbox is not running"; return 125; }
-  nsenter -t "$SANDBOX_LEADER" -m -u -i -n -p -C -r -w -- \
+  "${_SB_TIMEOUT[@]}" nsenter -t "$SANDBOX_LEADER" -m -u -i -n -p -C -r -w -- \
     /usr/bin/env -i PATH="$SANDBOX_PATH" HOME=/root USER=root LOGNAME=root \
     LANG=C.UTF-8 TERM="${TERM:-dumb}" "$@"
+}
+declare -a _SB_TIMEOUT=()
+
+# sandbox_exec_timeout SECONDS CMD [ARGS...]: sandbox_exec with a time limit
+# (exit 124 when it expires).
+sandbox_exec_timeout() {
+  local -a _SB_TIMEOUT=(timeout --kill-after=5 "$1"); shift
+  sandbox_exec "$@"
 }
 
 # sandbox_exec_as USER CMD [ARGS...]: non-login shell environment for USER
@@ -185,19 +205,21 @@ EOF
 _sandbox_wait_exit() {  # $1 = seconds
   local i
   for ((i = 0; i < $1 * 20; i++)); do
-    kill -0 "$SANDBOX_NSPAWN_PID" 2>/dev/null || return 0
+    _sb_alive "$SANDBOX_NSPAWN_PID" || return 0
     sleep 0.05
   done
   return 1
 }
 
 # Clean shutdown: systemctl poweroff inside; SIGTERM to nspawn (it halts the
-# container) after 30 s; SIGKILL after 10 more.
+# container) if that fails or takes over 30 s; SIGKILL after 10 more.
 sandbox_poweroff() {
   [[ -n $SANDBOX_NSPAWN_PID ]] || return 0
-  if kill -0 "$SANDBOX_NSPAWN_PID" 2>/dev/null; then
-    sandbox_exec systemctl --no-block poweroff >/dev/null 2>&1 || true
-    _sandbox_wait_exit 30 || { _sb_log "poweroff timed out, SIGTERM"; kill -TERM "$SANDBOX_NSPAWN_PID" 2>/dev/null || true; }
+  if _sb_alive "$SANDBOX_NSPAWN_PID"; then
+    if ! sandbox_exec systemctl --no-block poweroff >/dev/null 2>&1 || ! _sandbox_wait_exit 30; then
+      _sb_log "poweroff failed or timed out, SIGTERM to systemd-nspawn"
+      kill -TERM "$SANDBOX_NSPAWN_PID" 2>/dev/null || true
+    fi
     _sandbox_wait_exit 10 || { _sb_log "halt timed out, SIGKILL"; kill -KILL "$SANDBOX_NSPAWN_PID" 2>/dev/null || true; }
     _sandbox_wait_exit 5 || true
   fi

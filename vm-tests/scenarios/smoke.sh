@@ -57,30 +57,27 @@ smoke_jupyter_active() {
     sandbox_exec systemctl is-enabled jupyter-server.service
 }
 
-# PIDs in the jupyter-server unit's cgroup whose command is jupyter-server
-# itself (not the `su -l` wrapper that is the unit's MainPID).
+# jupyter-server itself: the child of the unit's MainPID (the `su -l`
+# wrapper). (The host runs cgroup v1, so cgroup.procs paths vary; use ps.)
 _smoke_jupyter_pids() {
-  local cg
-  cg=$(sandbox_exec systemctl show -p ControlGroup --value jupyter-server.service) || return 1
-  # shellcheck disable=SC2016
-  sandbox_exec sh -c 'for p in $(cat "/sys/fs/cgroup$1/cgroup.procs"); do
-      tr "\0" " " <"/proc/$p/cmdline" | grep -q "^[^ ]*python[^ ]* [^ ]*/jupyter-server " && echo "$p"
-    done; true' sh "$cg"
+  local main
+  main=$(sandbox_exec systemctl show -p MainPID --value jupyter-server.service) || return 1
+  [[ $main != 0 ]] || return 1
+  sandbox_exec ps -o pid=,args= --ppid "$main" | awk '$3 ~ /\/jupyter-server$/ {print $1}'
 }
 
 smoke_jupyter_user() {
-  local pids main p user ok=0
+  local main pids p user
   main=$(sandbox_exec systemctl show -p MainPID --value jupyter-server.service)
   pids=$(_smoke_jupyter_pids) || return 1
-  echo "MainPID $main ($(sandbox_exec ps -o user=,comm= -p "$main")); jupyter pids: ${pids//$'\n'/ }"
-  [[ -n $pids ]] || return 1
+  echo "MainPID $main: $(sandbox_exec ps -o user=,args= -p "$main")"
+  [[ -n $pids ]] || { echo "no jupyter-server child of MainPID"; return 1; }
+  [[ $(sandbox_exec ps -o comm= -p "$main") == su ]] || return 1
   for p in $pids; do
     user=$(sandbox_exec ps -o user= -p "$p") || return 1
-    [[ $user == ec2-user ]] || { echo "pid $p runs as $user"; return 1; }
-    # its parent is the unit's MainPID: started through `su -l`
-    [[ $(sandbox_exec ps -o ppid= -p "$p" | tr -d ' ') == "$main" ]] && ok=1
+    echo "jupyter-server pid $p runs as $user"
+    [[ $user == ec2-user ]] || return 1
   done
-  ((ok))
 }
 
 smoke_jupyter_http() {

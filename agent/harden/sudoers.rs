@@ -1,0 +1,374 @@
+//! Reading and editing sudoers text: which user-specification lines grant anything to a given
+//! user, and the same text with those lines taken out. Pure functions (fuzzed later); the
+//! root-rights control decides what to do with the result and `visudo -cf` has the last word.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Who is asking: the user, their uid, and the names and gids of all their groups.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub user: String,
+    pub uid: u32,
+    pub groups: BTreeSet<String>,
+    pub gids: BTreeSet<u32>,
+}
+
+/// A logical line (physical lines joined at a trailing backslash) with its 0-based line range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logical {
+    pub first: usize,
+    pub last: usize,
+    pub text: String,
+}
+
+/// Splits sudoers text into logical lines.
+pub fn logical_lines(text: &str) -> Vec<Logical> {
+    let mut out = Vec::new();
+    let mut current: Option<Logical> = None;
+    for (i, line) in text.lines().enumerate() {
+        let (body, continues) = match line.strip_suffix('\\') {
+            Some(b) => (b, true),
+            None => (line, false),
+        };
+        let l = current.get_or_insert_with(|| Logical {
+            first: i,
+            last: i,
+            text: String::new(),
+        });
+        l.last = i;
+        if !l.text.is_empty() {
+            l.text.push(' ');
+        }
+        l.text.push_str(body.trim());
+        if !continues {
+            if let Some(done) = current.take() {
+                out.push(done);
+            }
+        }
+    }
+    if let Some(done) = current.take() {
+        out.push(done);
+    }
+    out
+}
+
+/// What kind of line this is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineKind {
+    Blank,
+    Comment,
+    Defaults,
+    /// `User_Alias NAME = a, b : NAME2 = c`
+    UserAlias(Vec<(String, Vec<String>)>),
+    /// Other aliases (Runas, Host, Cmnd): irrelevant to who gets rights.
+    OtherAlias,
+    /// `#include`, `@include`, `#includedir`, `@includedir` with the path.
+    Include {
+        dir: bool,
+        path: String,
+    },
+    /// A user specification: the user list, then the rest.
+    UserSpec(Vec<String>),
+}
+
+pub fn classify(text: &str) -> LineKind {
+    let t = text.trim();
+    if t.is_empty() {
+        return LineKind::Blank;
+    }
+    for (prefix, dir) in [
+        ("#includedir", true),
+        ("@includedir", true),
+        ("#include", false),
+        ("@include", false),
+    ] {
+        if let Some(rest) = t.strip_prefix(prefix) {
+            if rest.starts_with(char::is_whitespace) {
+                return LineKind::Include {
+                    dir,
+                    path: rest.trim().trim_matches('"').to_string(),
+                };
+            }
+        }
+    }
+    // "#1000 ALL=..." is a uid user spec; any other '#' starts a comment.
+    if let Some(rest) = t.strip_prefix('#') {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let after = &rest[digits.len()..];
+        if digits.is_empty() || !(after.starts_with(char::is_whitespace) || after.starts_with(','))
+        {
+            return LineKind::Comment;
+        }
+    }
+    let first_word: String = t
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ':' && *c != '!' && *c != '@' && *c != '>')
+        .collect();
+    if first_word == "Defaults" {
+        return LineKind::Defaults;
+    }
+    if first_word == "User_Alias" {
+        return LineKind::UserAlias(parse_aliases(t["User_Alias".len()..].trim()));
+    }
+    if matches!(
+        first_word.as_str(),
+        "Runas_Alias" | "Host_Alias" | "Cmnd_Alias" | "Cmd_Alias"
+    ) {
+        return LineKind::OtherAlias;
+    }
+    LineKind::UserSpec(user_list(t))
+}
+
+/// `NAME = a, b : NAME2 = c` → [(NAME, [a, b]), (NAME2, [c])]
+fn parse_aliases(t: &str) -> Vec<(String, Vec<String>)> {
+    t.split(':')
+        .filter_map(|part| {
+            let (name, members) = part.split_once('=')?;
+            Some((
+                name.trim().to_string(),
+                members
+                    .split(',')
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .collect(),
+            ))
+        })
+        .collect()
+}
+
+/// The user list at the start of a user specification: items separated by commas (white space
+/// allowed around them), ending at the first white space not next to a comma.
+fn user_list(t: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut chars = t.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            '\\' => {
+                cur.push(c);
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ',' if !quoted => {
+                items.push(std::mem::take(&mut cur));
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+            }
+            c if c.is_whitespace() && !quoted => {
+                // White space before a comma continues the list.
+                let mut ahead = chars.clone();
+                while ahead.peek().is_some_and(|c| c.is_whitespace()) {
+                    ahead.next();
+                }
+                if ahead.peek() == Some(&',') {
+                    chars = ahead;
+                    continue;
+                }
+                break;
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        items.push(cur);
+    }
+    items
+        .into_iter()
+        .map(|s| s.trim().trim_matches('"').to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The user aliases defined in `text`, for resolving `User_Alias` names in user lists.
+pub fn user_aliases(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for l in logical_lines(text) {
+        if let LineKind::UserAlias(defs) = classify(&l.text) {
+            out.extend(defs);
+        }
+    }
+    out
+}
+
+/// Whether a user-list item names the subject.
+fn item_matches(
+    item: &str,
+    s: &Subject,
+    aliases: &BTreeMap<String, Vec<String>>,
+    depth: usize,
+) -> bool {
+    if depth > 8 {
+        return false;
+    }
+    // A negated item takes rights away; it never grants.
+    if item.starts_with('!') {
+        return false;
+    }
+    if item == "ALL" {
+        return true;
+    }
+    if let Some(group) = item.strip_prefix('%') {
+        let group = group.strip_prefix(':').unwrap_or(group);
+        if let Some(gid) = group.strip_prefix('#') {
+            return gid.parse::<u32>().is_ok_and(|g| s.gids.contains(&g));
+        }
+        return s.groups.contains(group);
+    }
+    if let Some(uid) = item.strip_prefix('#') {
+        return uid.parse::<u32>().is_ok_and(|u| u == s.uid);
+    }
+    if let Some(members) = aliases.get(item) {
+        return members
+            .iter()
+            .any(|m| item_matches(m, s, aliases, depth + 1));
+    }
+    item == s.user
+}
+
+/// The logical lines of `text` that grant something to the subject.
+pub fn grants(text: &str, s: &Subject, aliases: &BTreeMap<String, Vec<String>>) -> Vec<Logical> {
+    logical_lines(text)
+        .into_iter()
+        .filter(|l| match classify(&l.text) {
+            LineKind::UserSpec(users) => users.iter().any(|u| item_matches(u, s, aliases, 0)),
+            _ => false,
+        })
+        .collect()
+}
+
+/// `text` with every granting line replaced by a comment saying what was removed. Returns `None`
+/// when nothing grants.
+pub fn without_grants(
+    text: &str,
+    s: &Subject,
+    aliases: &BTreeMap<String, Vec<String>>,
+) -> Option<String> {
+    let found = grants(text, s, aliases);
+    if found.is_empty() {
+        return None;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut it = found.iter().peekable();
+    while i < lines.len() {
+        if let Some(g) = it.peek().filter(|g| g.first == i) {
+            // One comment line, never a commented continuation (sudo would join it).
+            let shown: String = g.text.chars().filter(|c| *c != '\\').collect();
+            out.push_str("# notebook-agent removed: ");
+            out.push_str(&shown);
+            out.push('\n');
+            i = g.last + 1;
+            it.next();
+            continue;
+        }
+        out.push_str(lines[i]);
+        out.push('\n');
+        i += 1;
+    }
+    Some(out)
+}
+
+/// True when nothing but comments and blank lines is left.
+pub fn is_inert(text: &str) -> bool {
+    logical_lines(text)
+        .iter()
+        .all(|l| matches!(classify(&l.text), LineKind::Blank | LineKind::Comment))
+}
+
+/// Whether sudo reads a file of this name from an `includedir` (no '.', no trailing '~').
+pub fn included_name(name: &str) -> bool {
+    !name.contains('.') && !name.ends_with('~')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ec2() -> Subject {
+        Subject {
+            user: "ec2-user".into(),
+            uid: 1000,
+            groups: ["ec2-user", "wheel", "docker"].map(String::from).into(),
+            gids: [1000, 10, 992].into(),
+        }
+    }
+
+    #[test]
+    fn finds_direct_group_uid_all_and_alias_grants() {
+        let text = "Defaults env_reset\n\
+            root ALL=(ALL) ALL\n\
+            %wheel ALL=(ALL) ALL\n\
+            %sudo ALL=(ALL) ALL\n\
+            ec2-user ALL=(ALL) NOPASSWD:ALL\n\
+            alice, ec2-user ALL=(ALL) ALL\n\
+            #1000 ALL=(ALL) ALL\n\
+            # ec2-user ALL=(ALL) ALL\n\
+            %#992 ALL=(ALL) ALL\n\
+            User_Alias ADMINS = bob, %wheel\n\
+            ADMINS ALL=(ALL) ALL\n\
+            !ec2-user ALL=(ALL) ALL\n\
+            ALL ALL=(root) /usr/bin/true\n";
+        let aliases = user_aliases(text);
+        let g: Vec<usize> = grants(text, &ec2(), &aliases)
+            .iter()
+            .map(|l| l.first)
+            .collect();
+        assert_eq!(g, vec![2, 4, 5, 6, 8, 10, 12]);
+    }
+
+    #[test]
+    fn continuation_lines_are_removed_whole() {
+        let text =
+            "root ALL=(ALL) ALL\nec2-user ALL=(ALL) \\\n    NOPASSWD: ALL\n%adm ALL=(ALL) ALL\n";
+        let out = without_grants(text, &ec2(), &BTreeMap::new()).expect("changed");
+        assert_eq!(
+            out,
+            "root ALL=(ALL) ALL\n# notebook-agent removed: ec2-user ALL=(ALL) NOPASSWD: ALL\n%adm ALL=(ALL) ALL\n"
+        );
+        assert!(grants(&out, &ec2(), &BTreeMap::new()).is_empty());
+        assert!(without_grants(&out, &ec2(), &BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn cloud_init_dropin_becomes_inert() {
+        let text = "# Created by cloud-init v. 22.2.2\n\n# User rules for ec2-user\nec2-user ALL=(ALL) NOPASSWD:ALL\n";
+        let out = without_grants(text, &ec2(), &BTreeMap::new()).expect("changed");
+        assert!(is_inert(&out));
+        assert!(!is_inert(text));
+    }
+
+    #[test]
+    fn includes_are_recognised() {
+        assert_eq!(
+            classify("#includedir /etc/sudoers.d"),
+            LineKind::Include {
+                dir: true,
+                path: "/etc/sudoers.d".into()
+            }
+        );
+        assert_eq!(
+            classify("@include \"/etc/sudoers.local\""),
+            LineKind::Include {
+                dir: false,
+                path: "/etc/sudoers.local".into()
+            }
+        );
+        assert_eq!(classify("#include_not"), LineKind::Comment);
+        assert!(included_name("90-cloud-init-users"));
+        assert!(!included_name("README.rpmsave") && !included_name("x~"));
+    }
+
+    #[test]
+    fn user_lists_with_spaces_around_commas() {
+        assert_eq!(user_list("a , b,c ALL=(ALL) ALL"), ["a", "b", "c"]);
+        assert_eq!(user_list("ec2-user ALL = ALL"), ["ec2-user"]);
+    }
+}
