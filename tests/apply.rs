@@ -11,7 +11,9 @@ use notebook_agent::control::apply::{apply, ApplyError};
 use notebook_agent::control::{Action, Context, Control, Finding, Plan, Status, Validation};
 use notebook_agent::host::{FileSpec, Owner, RealRunner, Root};
 
-const PIP: &str = r#"{"pip": {"index_url": "https://__token__:s3cr3t-token@mirror.corp/simple",
+/// The mechanism is tested on the pip control alone; root rights have their own tests.
+const PIP: &str = r#"{"root_access": {"enabled": false},
+  "pip": {"index_url": "https://__token__:s3cr3t-token@mirror.corp/simple",
   "extra_index_urls": ["https://mirror.corp/ml/simple"], "timeout_secs": 30}}"#;
 
 fn root_arg(t: &TempRoot) -> &str {
@@ -21,6 +23,7 @@ fn root_arg(t: &TempRoot) -> &str {
 #[test]
 fn dry_run_changes_nothing_and_prints_a_redacted_diff() {
     let t = TempRoot::amazon_linux();
+    t.install_visudo();
     t.write(
         "etc/pip.conf",
         "[global]\nindex-url = https://pypi.org/simple\n",
@@ -51,6 +54,10 @@ fn dry_run_changes_nothing_and_prints_a_redacted_diff() {
     );
     assert!(!text.contains("EXAMPLE-TOKEN"), "secret in dry run: {text}");
     assert!(text.contains("nothing was changed"), "{text}");
+    // Root rights are on in the example: the sudo grants and group memberships show as diffs.
+    assert!(text.contains("-ec2-user ALL=(ALL) NOPASSWD:ALL"), "{text}");
+    assert!(text.contains("+# notebook-agent removed: %wheel ALL=(ALL) ALL"), "{text}");
+    assert!(text.contains("-wheel:x:10:ec2-user"), "{text}");
 }
 
 #[test]
@@ -120,23 +127,14 @@ fn apply_is_idempotent_status_detects_edits_and_revert_restores() {
     let json = agent(&["status", "--json", "--root", r]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
     assert_eq!(v["compliant"], false);
-    assert_eq!(v["controls"][0]["status"], "FAIL");
+    assert_eq!(v["controls"][0]["status"], "NOT_CONFIGURED");
+    assert_eq!(v["controls"][1]["control"], "pip");
+    assert_eq!(v["controls"][1]["status"], "FAIL");
 
     let rev = agent(&["revert", "--root", r]);
     assert_eq!(rev.status.code(), Some(0), "{}", stderr(&rev));
     assert!(stdout(&rev).contains("/etc/pip.conf"), "{}", stdout(&rev));
     assert_eq!(original, t.snapshot_without(&["var"]));
-}
-
-#[test]
-fn empty_config_manages_nothing_yet_and_status_says_so() {
-    let t = TempRoot::amazon_linux();
-    t.write("etc/notebook-agent/config.json", "{}", 0o600);
-    let before = t.snapshot();
-    let out = agent(&["status", "--root", root_arg(&t)]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("NOT CONFIGURED"), "{}", stdout(&out));
-    assert_eq!(before, t.snapshot());
 }
 
 /// A control that installs one sudoers drop-in, validated by visudo.

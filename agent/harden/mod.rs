@@ -1,12 +1,17 @@
 //! The hardening controls, one file each. [`all`] is the order `apply` runs them in.
 
 pub mod pip;
+pub mod root_access;
+pub mod sudoers;
 
-use crate::control::Control;
+use std::path::PathBuf;
+
+use crate::control::{Action, Context, Control};
+use crate::host::HostCommand;
 
 /// Every control, in apply order.
 pub fn all() -> Vec<Box<dyn Control>> {
-    vec![Box::new(pip::Pip)]
+    vec![Box::new(root_access::RootAccess), Box::new(pip::Pip)]
 }
 
 /// The banner every managed file starts with, in the file's comment syntax.
@@ -16,4 +21,23 @@ pub fn managed_banner(comment: &str) -> String {
          {comment} Change /etc/notebook-agent/config.json (through the lifecycle configuration) instead.\n"
     )
 }
-pub mod sudoers;
+
+/// The jupyter-server unit as SageMaker installs it.
+pub const JUPYTER_UNIT: &str = "jupyter-server.service";
+
+/// `systemctl --no-block restart jupyter-server` when one of `when_changed` changes in this apply,
+/// if the unit exists. Non-blocking: the lifecycle script must not wait for Jupyter.
+pub fn restart_jupyter(ctx: &Context<'_>, when_changed: Vec<PathBuf>) -> Option<Action> {
+    if when_changed.is_empty() {
+        return None;
+    }
+    let exists = ["/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"]
+        .iter()
+        .any(|d| ctx.root.path(d).join(JUPYTER_UNIT).exists());
+    exists.then(|| Action::Run {
+        command: HostCommand::new("systemctl", ["--no-block", "restart", JUPYTER_UNIT]),
+        reason: "running processes keep old groups and environment".to_string(),
+        when_changed,
+        must_succeed: false,
+    })
+}

@@ -162,3 +162,61 @@ mod tests {
         assert!(db.group("adm").is_some_and(|g| g.members.is_empty()));
     }
 }
+
+/// `etc/group` or `etc/gshadow` text with `user` taken out of `group`'s member list (and, in
+/// gshadow, its administrator list: a group admin can add themselves back with gpasswd). Every
+/// other byte is kept. `None` when the user was not listed.
+pub fn without_member(text: &str, group: &str, user: &str, gshadow: bool) -> Option<String> {
+    let mut changed = false;
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (body, nl) = match line.strip_suffix('\n') {
+            Some(b) => (b, "\n"),
+            None => (line, ""),
+        };
+        let mut f: Vec<String> = body.split(':').map(str::to_string).collect();
+        if f.first().map(String::as_str) == Some(group) && f.len() >= 4 {
+            let lists: &[usize] = if gshadow { &[2, 3] } else { &[3] };
+            for &i in lists {
+                let members: Vec<&str> = f[i].split(',').filter(|m| !m.is_empty()).collect();
+                if members.iter().any(|m| m.trim() == user) {
+                    f[i] = members
+                        .into_iter()
+                        .filter(|m| m.trim() != user)
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    changed = true;
+                }
+            }
+            out.push_str(&f.join(":"));
+            out.push_str(nl);
+        } else {
+            out.push_str(line);
+        }
+    }
+    changed.then_some(out)
+}
+
+#[cfg(test)]
+mod edit_tests {
+    use super::without_member;
+
+    #[test]
+    fn removes_only_that_member_and_keeps_every_other_byte() {
+        let g = "root:x:0:\nwheel:x:10:alice,ec2-user,bob\ndocker:x:992:ec2-user\nadm:x:4:ec2-users\n";
+        assert_eq!(
+            without_member(g, "wheel", "ec2-user", false).as_deref(),
+            Some("root:x:0:\nwheel:x:10:alice,bob\ndocker:x:992:ec2-user\nadm:x:4:ec2-users\n")
+        );
+        assert_eq!(
+            without_member(g, "docker", "ec2-user", false).as_deref(),
+            Some("root:x:0:\nwheel:x:10:alice,ec2-user,bob\ndocker:x:992:\nadm:x:4:ec2-users\n")
+        );
+        assert_eq!(without_member(g, "adm", "ec2-user", false), None);
+        let gs = "wheel:!::ec2-user\ndocker:!:ec2-user:\n";
+        assert_eq!(
+            without_member(gs, "docker", "ec2-user", true).as_deref(),
+            Some("wheel:!::ec2-user\ndocker:!::\n")
+        );
+    }
+}

@@ -61,10 +61,14 @@ _rootfs_build_profile() {  # $1 = base dir, $2 = target dir (must not exist)
   local -a env=(--setenv=LANG=C.UTF-8 --setenv=PIP_CERT=/run/host-ca.pem
                 --setenv=PIP_DEFAULT_TIMEOUT=120)
   [[ -n ${PIP_INDEX_URL:-} ]] && env+=("--setenv=PIP_INDEX_URL=$PIP_INDEX_URL")
-  systemd-nspawn --quiet --register=no --keep-unit --pipe -D "$2" \
+  local machine=nb-build-$$
+  systemd-nspawn --quiet --register=no --keep-unit --pipe -D "$2" --machine="$machine" \
     --bind-ro=/etc/ssl/certs/ca-certificates.crt:/run/host-ca.pem \
     --bind-ro="$NB_PROFILE_SCRIPT:/run/profile.sh" \
-    "${env[@]}" /bin/bash /run/profile.sh
+    "${env[@]}" /bin/bash /run/profile.sh \
+    2> >(grep -v 'Attempted to remove disk file system under' >&2)
+  # nspawn cannot remove this itself when the host's /run is not a tmpfs.
+  rmdir "/run/systemd/nspawn/propagate/$machine" 2>/dev/null || true
   rm -f "$2/etc/resolv.conf"; : >"$2/etc/resolv.conf"
 }
 
