@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use common::{agent, stderr, stdout, TempRoot};
@@ -56,7 +57,10 @@ fn dry_run_changes_nothing_and_prints_a_redacted_diff() {
     assert!(text.contains("nothing was changed"), "{text}");
     // Root rights are on in the example: the sudo grants and group memberships show as diffs.
     assert!(text.contains("-ec2-user ALL=(ALL) NOPASSWD:ALL"), "{text}");
-    assert!(text.contains("+# notebook-agent removed: %wheel ALL=(ALL) ALL"), "{text}");
+    assert!(
+        text.contains("+# notebook-agent removed: %wheel ALL=(ALL) ALL"),
+        "{text}"
+    );
     assert!(text.contains("-wheel:x:10:ec2-user"), "{text}");
 }
 
@@ -69,12 +73,30 @@ fn apply_is_idempotent_status_detects_edits_and_revert_restores() {
 
     let first = agent(&["apply", "--root", r]);
     assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    // 3 user directories, /etc/pip.conf, 2 user files, 3 env files.
     assert!(
-        stdout(&first).contains("apply: 1 changed"),
+        stdout(&first).contains("apply: 9 changed"),
         "{}",
         stdout(&first)
     );
     let pip = t.read("etc/pip.conf");
+    for loc in [
+        "home/ec2-user/.config/pip/pip.conf",
+        "home/ec2-user/.pip/pip.conf",
+        "home/ec2-user/anaconda3/pip.conf",
+        "home/ec2-user/anaconda3/envs/python3/pip.conf",
+        "home/ec2-user/anaconda3/envs/JupyterSystemEnv/pip.conf",
+    ] {
+        assert_eq!(t.read(loc), pip, "{loc}");
+        let md = std::fs::metadata(t.join(loc)).expect("stat");
+        assert_eq!(
+            (md.uid(), md.mode() & 0o7777),
+            (0, 0o644),
+            "{loc}: root-owned 0644"
+        );
+    }
+    let md = std::fs::metadata(t.join("home/ec2-user/.config")).expect("stat");
+    assert_eq!(md.uid(), 1000, "~/.config stays the user's");
     assert!(
         pip.contains("index-url = https://__token__:s3cr3t-token@mirror.corp/simple"),
         "{pip}"

@@ -1,18 +1,33 @@
-//! pip mirror: `/etc/pip.conf` points pip at the company mirror.
+//! pip and conda mirror: every place pip reads its configuration from points at the company
+//! mirror — `/etc/pip.conf` (global), `~/.config/pip/pip.conf` and `~/.pip/pip.conf` (user) and
+//! `<prefix>/pip.conf` in every conda env (site, the highest file priority) — and conda's channels
+//! are locked (`#!final`) in `/etc/conda/condarc.d/`. The files are root-owned so the user cannot
+//! edit them; the directories around them stay the user's (their tools write there), and drift
+//! repair puts back a file the user deletes.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::config::PipConfig;
+use super::envs;
+use super::render::py_str;
+use crate::config::{Config, PipConfig};
 use crate::control::{Action, Context, Control, Finding, Plan, Status};
 use crate::host::{FileSpec, Owner};
 
 pub const GLOBAL_PIP_CONF: &str = "/etc/pip.conf";
+pub const CONDARC_DIR: &str = "/etc/conda/condarc.d";
+pub const CONDA_CHANNELS: &str = "/etc/conda/condarc.d/notebook-agent-channels.yml";
 
 pub struct Pip;
 
-/// The `[global]` section for `pip`, deterministic for a given config.
-pub fn render(pip: &PipConfig) -> String {
+/// The proxy pip should use (it takes one for both schemes): https, else http.
+fn pip_proxy(config: &Config) -> Option<&str> {
+    let p = config.proxy.as_ref()?;
+    p.https.as_ref().or(p.http.as_ref()).map(|u| u.expose())
+}
+
+/// The pip.conf every location gets, deterministic for a given config.
+pub fn render(pip: &PipConfig, proxy: Option<&str>) -> String {
     let mut s = super::managed_banner("#");
     s.push_str("[global]\n");
     let _ = writeln!(s, "index-url = {}", pip.index_url.expose());
@@ -34,7 +49,73 @@ pub fn render(pip: &PipConfig) -> String {
     if let Some(t) = pip.timeout_secs {
         let _ = writeln!(s, "timeout = {t}");
     }
+    if let Some(p) = proxy {
+        let _ = writeln!(s, "proxy = {p}");
+    }
     s
+}
+
+/// conda's channels, locked with `#!final` so no later condarc (the user's) can replace them.
+pub fn render_condarc(pip: &PipConfig) -> String {
+    let mut s = super::managed_banner("#");
+    for key in ["channels", "default_channels"] {
+        let _ = writeln!(s, "{key}: #!final");
+        for ch in &pip.conda_channels {
+            let _ = writeln!(s, "  - {}", py_str(ch));
+        }
+    }
+    if let Some(cert) = &pip.cert {
+        let _ = writeln!(
+            s,
+            "ssl_verify: {} #!final",
+            py_str(&cert.display().to_string())
+        );
+    }
+    s
+}
+
+fn root_file(path: PathBuf, contents: String) -> Action {
+    Action::Write {
+        path,
+        spec: FileSpec {
+            contents: contents.into_bytes(),
+            mode: 0o644,
+            owner: Owner::ROOT,
+        },
+        validation: None,
+    }
+}
+
+/// The user's own directory (created as theirs when missing).
+fn user_dir(path: PathBuf, owner: Owner) -> Action {
+    Action::EnsureDir {
+        path,
+        mode: 0o755,
+        owner,
+    }
+}
+
+/// The user's uid/gid, or root when the user does not exist (a bare test root).
+pub fn user_owner(ctx: &Context<'_>) -> Owner {
+    ctx.users
+        .user(&ctx.config.user.name)
+        .map(|u| Owner {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        })
+        .unwrap_or(Owner::ROOT)
+}
+
+/// Every pip.conf location this control writes, global first.
+pub fn locations(ctx: &Context<'_>) -> Vec<PathBuf> {
+    let home = ctx.home();
+    let mut out = vec![
+        PathBuf::from(GLOBAL_PIP_CONF),
+        home.join(".config/pip/pip.conf"),
+        home.join(".pip/pip.conf"),
+    ];
+    out.extend(envs::prefixes(ctx).into_iter().map(|p| p.join("pip.conf")));
+    out
 }
 
 impl Control for Pip {
@@ -50,15 +131,40 @@ impl Control for Pip {
         let Some(pip) = &ctx.config.pip else {
             return Ok(Plan::Unmanaged);
         };
-        Ok(Plan::Actions(vec![Action::Write {
-            path: PathBuf::from(GLOBAL_PIP_CONF),
-            spec: FileSpec {
-                contents: render(pip).into_bytes(),
-                mode: 0o644,
+        let conf = render(pip, pip_proxy(ctx.config));
+        let home = ctx.home();
+        let owner = user_owner(ctx);
+        let mut actions = Vec::new();
+        if ctx.root.path(&home).is_dir() {
+            actions.push(user_dir(home.join(".config"), owner));
+            actions.push(user_dir(home.join(".config/pip"), owner));
+            actions.push(user_dir(home.join(".pip"), owner));
+        } else {
+            tracing::warn!(home = %home.display(), "No home directory: user pip.conf files skipped.");
+        }
+        let envs = envs::prefixes(ctx);
+        tracing::info!(
+            envs = %envs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "),
+            "pip.conf goes into every conda env."
+        );
+        for path in locations(ctx) {
+            if path.starts_with(&home) && !ctx.root.path(&home).is_dir() {
+                continue;
+            }
+            actions.push(root_file(path, conf.clone()));
+        }
+        if !pip.conda_channels.is_empty() {
+            actions.push(Action::EnsureDir {
+                path: PathBuf::from(CONDARC_DIR),
+                mode: 0o755,
                 owner: Owner::ROOT,
-            },
-            validation: None,
-        }]))
+            });
+            actions.push(root_file(
+                PathBuf::from(CONDA_CHANNELS),
+                render_condarc(pip),
+            ));
+        }
+        Ok(Plan::Actions(actions))
     }
 
     fn check(&self, ctx: &Context<'_>) -> Finding {
@@ -70,12 +176,21 @@ impl Control for Pip {
             Err(e) => return self.finding(Status::Unknown, e),
         };
         let drift = plan.drift(ctx);
-        match (&ctx.config.pip, drift.is_empty()) {
-            (Some(pip), true) => self.finding(
+        let Some(pip) = &ctx.config.pip else {
+            return self.finding(Status::NotConfigured, "no pip section in the config");
+        };
+        if drift.is_empty() {
+            let files = plan
+                .actions()
+                .iter()
+                .filter(|a| matches!(a, Action::Write { path, .. } if path.file_name() == Some(Path::new("pip.conf").as_os_str())))
+                .count();
+            self.finding(
                 Status::Pass,
-                format!("{GLOBAL_PIP_CONF}: index-url {}", pip.index_url),
-            ),
-            _ => self.finding(Status::Fail, drift.join("; ")),
+                format!("index-url {} in {files} pip.conf files", pip.index_url),
+            )
+        } else {
+            self.finding(Status::Fail, drift.join("; "))
         }
     }
 }
