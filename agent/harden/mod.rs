@@ -2,6 +2,7 @@
 
 pub mod envs;
 pub mod pip;
+pub mod render;
 pub mod root_access;
 pub mod sudoers;
 
@@ -32,9 +33,13 @@ pub fn restart_jupyter(ctx: &Context<'_>, when_changed: Vec<PathBuf>) -> Option<
     if when_changed.is_empty() {
         return None;
     }
-    let exists = ["/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"]
-        .iter()
-        .any(|d| ctx.root.path(d).join(JUPYTER_UNIT).exists());
+    let exists = [
+        "/etc/systemd/system",
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+    ]
+    .iter()
+    .any(|d| ctx.root.path(d).join(JUPYTER_UNIT).exists());
     exists.then(|| Action::Run {
         command: HostCommand::new("systemctl", ["--no-block", "restart", JUPYTER_UNIT]),
         reason: "running processes keep old groups and environment".to_string(),

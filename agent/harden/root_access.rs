@@ -190,7 +190,10 @@ impl Control for RootAccess {
         if !bad.is_empty() {
             problems.push(format!(
                 "{user} is in {}",
-                bad.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ")
+                bad.iter()
+                    .map(|g| g.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         match sudoers_files(ctx) {
@@ -228,10 +231,7 @@ impl Control for RootAccess {
             Ok(out) => {
                 return self.finding(
                     Status::Unknown,
-                    format!(
-                        "sudo -l -U {user}: {} (run status as root)",
-                        out.message()
-                    ),
+                    format!("sudo -l -U {user}: {} (run status as root)", out.message()),
                 )
             }
         };

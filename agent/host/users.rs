@@ -203,7 +203,8 @@ mod edit_tests {
 
     #[test]
     fn removes_only_that_member_and_keeps_every_other_byte() {
-        let g = "root:x:0:\nwheel:x:10:alice,ec2-user,bob\ndocker:x:992:ec2-user\nadm:x:4:ec2-users\n";
+        let g =
+            "root:x:0:\nwheel:x:10:alice,ec2-user,bob\ndocker:x:992:ec2-user\nadm:x:4:ec2-users\n";
         assert_eq!(
             without_member(g, "wheel", "ec2-user", false).as_deref(),
             Some("root:x:0:\nwheel:x:10:alice,bob\ndocker:x:992:ec2-user\nadm:x:4:ec2-users\n")
