@@ -132,15 +132,24 @@ pub fn validate_all(
     }
 }
 
-/// Executes one control's plan with the shared writer. `changed` collects every path changed so
-/// far in this apply (for `Run { when_changed }`).
+/// What one apply has done so far, across controls.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Every path changed (for `Run { when_changed }`).
+    pub changed: BTreeSet<PathBuf>,
+    /// Every command run: two controls asking for the same restart get one.
+    pub ran: BTreeSet<String>,
+}
+
+/// Executes one control's plan with the shared writer.
 pub fn execute(
     ctx: &Context<'_>,
     control: &dyn Control,
     plan: &Plan,
     backups: &Backups,
-    changed: &mut BTreeSet<PathBuf>,
+    progress: &mut Progress,
 ) -> Result<Vec<Change>, ApplyError> {
+    let changed = &mut progress.changed;
     let writer = SafeWriter::new(ctx.root, Some(backups));
     let fail = |message: String| ApplyError::Execute {
         control: control.id(),
@@ -211,6 +220,9 @@ pub fn execute(
                 if !when_changed.is_empty() && !when_changed.iter().any(|p| changed.contains(p)) {
                     continue;
                 }
+                if !progress.ran.insert(command.to_string()) {
+                    continue;
+                }
                 let result = ctx.runner.run(command);
                 let outcome = match result {
                     Ok(o) if o.success() => {
@@ -242,10 +254,10 @@ pub fn apply(ctx: &Context<'_>, controls: &[Box<dyn Control>]) -> Result<ApplyRe
     let plans = plan_all(ctx, controls)?;
     validate_all(ctx, controls, &plans)?;
     let backups = Backups::open(ctx.root).map_err(ApplyError::State)?;
-    let mut changed = BTreeSet::new();
+    let mut progress = Progress::default();
     let mut reports = Vec::new();
     for (c, p) in controls.iter().zip(&plans) {
-        let changes = execute(ctx, c.as_ref(), p, &backups, &mut changed)?;
+        let changes = execute(ctx, c.as_ref(), p, &backups, &mut progress)?;
         reports.push(ControlReport {
             control: c.id(),
             title: c.title(),

@@ -2,6 +2,7 @@
 
 pub mod envs;
 pub mod pip;
+pub mod proxy;
 pub mod render;
 pub mod root_access;
 pub mod sudoers;
@@ -13,7 +14,11 @@ use crate::host::HostCommand;
 
 /// Every control, in apply order.
 pub fn all() -> Vec<Box<dyn Control>> {
-    vec![Box::new(root_access::RootAccess), Box::new(pip::Pip)]
+    vec![
+        Box::new(root_access::RootAccess),
+        Box::new(pip::Pip),
+        Box::new(proxy::Proxy),
+    ]
 }
 
 /// The banner every managed file starts with, in the file's comment syntax.
