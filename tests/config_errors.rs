@@ -278,6 +278,8 @@ fn relative_root_is_exit_2() {
 fn retention_5_is_valid_because_cloudwatch_allows_it() {
     // CloudWatch's allowed set is 1, 3, 5, 7, 14, ...; 5 is valid (4 and 6 are not).
     let root = TempRoot::amazon_linux();
+    // The dry run validates the sudoers edit with the real visudo, chrooted into the root.
+    root.install_visudo();
     root.write(
         "etc/notebook-agent/config.json",
         r#"{"audit": {"retention_days": 5}}"#,

@@ -215,3 +215,85 @@ pub fn stderr(o: &Output) -> String {
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// A writable copy of the notebook sandbox's root filesystem (Debian with the Amazon-Linux
+/// notebook profile: real sudo, PAM, su, python venvs with pip), as an overlay over the cached
+/// rootfs so that each test gets a fresh one in milliseconds. Commands run in it with chroot.
+pub struct NotebookRoot {
+    _dir: tempfile::TempDir,
+    merged: PathBuf,
+}
+
+impl NotebookRoot {
+    pub fn new() -> Self {
+        require_root("mount an overlay and chroot into it");
+        let script = repo().join("vm-tests/lib/rootfs.sh");
+        let out = Command::new(&script)
+            .output()
+            .expect("run vm-tests/lib/rootfs.sh");
+        assert!(
+            out.status.success(),
+            "building the notebook rootfs failed (run tests/setup.sh, which installs debootstrap \
+             and systemd-container): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lower = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let dir = tempfile::Builder::new()
+            .prefix("nbagent-overlay.")
+            .tempdir()
+            .expect("temp dir");
+        for d in ["upper", "work", "merged"] {
+            fs::create_dir(dir.path().join(d)).expect("mkdir");
+        }
+        let merged = dir.path().join("merged");
+        let opts = format!(
+            "lowerdir={lower},upperdir={},workdir={}",
+            dir.path().join("upper").display(),
+            dir.path().join("work").display()
+        );
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&merged)
+            .status()
+            .expect("mount");
+        assert!(
+            st.success(),
+            "mount -t overlay failed (needs root and overlayfs)"
+        );
+        Self { _dir: dir, merged }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.merged
+    }
+
+    pub fn arg(&self) -> &str {
+        self.merged.to_str().expect("utf-8")
+    }
+
+    pub fn write(&self, rel: &str, contents: &str, mode: u32) {
+        let p = self.merged.join(rel);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(&p, contents).expect("write");
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    /// Runs `sh -c script` inside the root as root, with the lifecycle PATH.
+    pub fn sh(&self, script: &str) -> Output {
+        let mut cmd = Command::new("chroot");
+        cmd.arg(&self.merged)
+            .args(["/bin/sh", "-c", script])
+            .env_clear()
+            .env("PATH", "/sbin:/bin:/usr/sbin:/usr/bin");
+        for (k, v) in TEST_ENV {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("chroot")
+    }
+}
+
+impl Drop for NotebookRoot {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+    }
+}

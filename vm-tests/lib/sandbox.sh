@@ -82,8 +82,11 @@ sandbox_prepare() {
 
 _sandbox_save_state() {
   [[ -n $SANDBOX_RUN_DIR ]] || return 0
-  declare -p SANDBOX_RUN_DIR SANDBOX_ROOT SANDBOX_NSPAWN_PID SANDBOX_LEADER \
-    SANDBOX_MACHINE SANDBOX_OVERLAY SANDBOX_VOLUME >"$SANDBOX_RUN_DIR/state"
+  local v  # plain assignments (not declare -p): sourcing inside a function sets globals
+  for v in SANDBOX_RUN_DIR SANDBOX_ROOT SANDBOX_NSPAWN_PID SANDBOX_LEADER \
+      SANDBOX_MACHINE SANDBOX_OVERLAY SANDBOX_VOLUME; do
+    printf '%s=%q\n' "$v" "${!v}"
+  done >"$SANDBOX_RUN_DIR/state"
 }
 
 # Re-attach to a sandbox left running (run --keep) from another shell.
