@@ -1,0 +1,153 @@
+//! What the watcher and the catch-up scan hand to the rest of the pipeline: one file-system change,
+//! with the facts about the file as the agent saw them. Paths are raw bytes (`PathBuf`): the notebook
+//! user controls this tree, names need not be UTF-8 and are encoded losslessly only by `ocsf`.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
+
+/// The OCSF File System Activity `activity_id` values the agent emits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// activity_id 1.
+    Create,
+    /// activity_id 3: contents written.
+    Update,
+    /// activity_id 4.
+    Delete,
+    /// activity_id 5: `path` is the new name, `from` the old one.
+    Rename { from: PathBuf },
+    /// activity_id 6: mode or owner changed.
+    SetAttributes,
+}
+
+impl ChangeKind {
+    pub fn activity_id(&self) -> u8 {
+        match self {
+            ChangeKind::Create => 1,
+            ChangeKind::Update => 3,
+            ChangeKind::Delete => 4,
+            ChangeKind::Rename { .. } => 5,
+            ChangeKind::SetAttributes => 6,
+        }
+    }
+}
+
+/// How the change was noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// An inotify event while the agent was running.
+    Live,
+    /// The startup scan against the persisted snapshot (the change happened while the agent was down).
+    CatchUp,
+    /// A rescan after an inotify queue overflow, a full channel or a watch-limit error.
+    Rescan,
+}
+
+/// OCSF `file.type_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Regular = 1,
+    Directory = 2,
+    CharDevice = 3,
+    BlockDevice = 4,
+    LocalSocket = 5,
+    NamedPipe = 6,
+    SymbolicLink = 7,
+    Unknown = 0,
+}
+
+impl FileKind {
+    pub fn of(ft: std::fs::FileType) -> Self {
+        if ft.is_file() {
+            FileKind::Regular
+        } else if ft.is_dir() {
+            FileKind::Directory
+        } else if ft.is_symlink() {
+            FileKind::SymbolicLink
+        } else if ft.is_fifo() {
+            FileKind::NamedPipe
+        } else if ft.is_socket() {
+            FileKind::LocalSocket
+        } else if ft.is_char_device() {
+            FileKind::CharDevice
+        } else if ft.is_block_device() {
+            FileKind::BlockDevice
+        } else {
+            FileKind::Unknown
+        }
+    }
+}
+
+/// Facts about a file from one `lstat` (never following a symlink).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFacts {
+    pub kind: FileKind,
+    pub size: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits and set-id/sticky bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub inode: u64,
+    pub mtime_ms: i64,
+    /// Lowercase hex sha256 of the contents, for regular files up to `audit.hash_max_bytes`.
+    pub sha256: Option<String>,
+    /// Why there is no hash although the file is regular ("over hash_max_bytes", "vanished", …).
+    pub hash_note: Option<String>,
+    /// The target of a symbolic link, as stored in the link (never followed).
+    pub link_target: Option<PathBuf>,
+}
+
+impl FileFacts {
+    /// Facts from `symlink_metadata` (lstat). No hash; `hash` fills it later, off the notify thread.
+    pub fn from_metadata(md: &std::fs::Metadata) -> Self {
+        Self {
+            kind: FileKind::of(md.file_type()),
+            size: md.size(),
+            uid: md.uid(),
+            gid: md.gid(),
+            mode: md.mode() & 0o7777,
+            inode: md.ino(),
+            mtime_ms: md.mtime() * 1000 + md.mtime_nsec() / 1_000_000,
+            sha256: None,
+            hash_note: None,
+            link_target: None,
+        }
+    }
+}
+
+/// One change to the audited tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsChange {
+    pub kind: ChangeKind,
+    /// Absolute path as seen on the host (under `--root` when one is given).
+    pub path: PathBuf,
+    /// The file as it is after the change; for a delete, as it was last known (snapshot), if known.
+    pub facts: Option<FileFacts>,
+    /// When the change was observed, ms since the epoch.
+    pub time_ms: i64,
+    pub source: Source,
+}
+
+/// Something the agent itself reports (not a file change). Encoded by `ocsf` with the class that
+/// fits; documented in docs/EVENTS.md.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentEvent {
+    Started { version: String, paths: Vec<PathBuf>, watches: u64, catch_up_changes: u64 },
+    Stopped { reason: String, spooled: u64 },
+    /// A tree was rescanned: after `IN_Q_OVERFLOW`, a full channel, or at a degraded periodic scan.
+    Rescan { path: PathBuf, reason: String, changes: u64, lost_notifications: u64 },
+    /// inotify limits hit; the named sysctl should be raised; the listed tree is scanned periodically.
+    WatchLimit { path: PathBuf, sysctl: String, error: String, scan_interval_secs: u64 },
+    /// The spool was full: this many events were dropped between the two times.
+    SpoolDrop { dropped: u64, first_ms: i64, last_ms: i64 },
+    /// The spool or snapshot was tampered with (renamed, deleted, truncated, corrupt frames).
+    SpoolTamper { path: PathBuf, what: String },
+}
+
+/// Milliseconds since the epoch now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

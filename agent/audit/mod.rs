@@ -1,0 +1,6 @@
+//! The audit pipeline of `notebook-agent watch`, in the order an event travels:
+//! `watcher` (inotify via notify, excludes, rescans) and `snapshot` (catch-up after downtime) produce
+//! [`change::FsChange`] values → `hash` adds sha256 off the notify thread → `ocsf` encodes OCSF 1.x
+//! records → `spool` keeps them durably until the shipper has them acknowledged by CloudWatch.
+
+pub mod change;
