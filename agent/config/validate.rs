@@ -113,6 +113,12 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         }
         for (k, v) in &env.extra {
             p.check(format!("environment.extra.{k}"), python_identifier(k));
+            if crate::harden::environment::RESERVED_NAMES.contains(&k.as_str()) {
+                p.push(
+                    format!("environment.extra.{k}"),
+                    "is a name the module defines itself; choose another",
+                );
+            }
             if v.contains('\0') {
                 p.push(format!("environment.extra.{k}"), "contains a NUL character");
             }
@@ -316,7 +322,7 @@ fn is_hex(s: &str) -> bool {
 }
 
 /// `prefix-` followed by 8 or 17 lower-case hex digits (vpc, subnet, sg).
-fn aws_id(v: &str, prefix: &str) -> Result<(), String> {
+pub(crate) fn aws_id(v: &str, prefix: &str) -> Result<(), String> {
     let ok = v
         .strip_prefix(prefix)
         .and_then(|r| r.strip_prefix('-'))
@@ -351,7 +357,7 @@ fn is_alias_name(s: &str) -> bool {
     })
 }
 
-fn region(r: &str) -> Result<(), String> {
+pub(crate) fn region(r: &str) -> Result<(), String> {
     // e.g. us-east-1, eu-central-2, us-gov-west-1, cn-north-1, ap-southeast-5.
     let parts: Vec<&str> = r.split('-').collect();
     let ok = parts.len() >= 3
@@ -371,7 +377,7 @@ fn region(r: &str) -> Result<(), String> {
     }
 }
 
-fn kms_key(k: &str) -> Result<(), String> {
+pub(crate) fn kms_key(k: &str) -> Result<(), String> {
     if is_key_uuid(k) || is_alias_name(k) {
         return Ok(());
     }
@@ -401,7 +407,7 @@ fn kms_key(k: &str) -> Result<(), String> {
 }
 
 /// S3 general purpose bucket naming rules.
-fn bucket_name(b: &str) -> Result<(), String> {
+pub(crate) fn bucket_name(b: &str) -> Result<(), String> {
     let err = |why: &str| Err(format!("{b:?} is not an S3 bucket name: {why}"));
     if !(3..=63).contains(&b.len()) {
         return err("length must be 3-63");

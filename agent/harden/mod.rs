@@ -1,5 +1,6 @@
 //! The hardening controls, one file each. [`all`] is the order `apply` runs them in.
 
+pub mod environment;
 pub mod envs;
 pub mod pip;
 pub mod proxy;
@@ -18,6 +19,7 @@ pub fn all() -> Vec<Box<dyn Control>> {
         Box::new(root_access::RootAccess),
         Box::new(pip::Pip),
         Box::new(proxy::Proxy),
+        Box::new(environment::Environment),
     ]
 }
 

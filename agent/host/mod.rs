@@ -3,6 +3,8 @@
 //! trait behind which host commands run ([`command`]).
 
 pub mod command;
+pub mod imds;
+pub mod metadata;
 pub mod root;
 pub mod safe_write;
 pub mod users;

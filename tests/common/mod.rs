@@ -61,6 +61,7 @@ impl TempRoot {
             "anaconda3/envs/JupyterSystemEnv",
         ] {
             r.mkdir(&format!("home/ec2-user/{env}/bin"));
+            r.mkdir(&format!("home/ec2-user/{env}/lib/python3.11/site-packages"));
         }
         r.mkdir("home/ec2-user/SageMaker");
         r.mkdir("tmp");
@@ -295,5 +296,117 @@ impl NotebookRoot {
 impl Drop for NotebookRoot {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+    }
+}
+
+/// TEST FIXTURE — a fake instance metadata service on 127.0.0.1 (IMDS cannot be had here, and no
+/// test may contact 169.254.169.254). IMDSv2 only: `PUT /latest/api/token` hands out a token,
+/// `GET /latest/meta-data/<path>` answers from `paths` only when the token is sent, 401 otherwise,
+/// 404 for unknown paths. Every request line is recorded.
+pub struct FakeImds {
+    pub url: String,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeImds {
+    pub fn start(paths: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let map: BTreeMap<String, String> = paths
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut token_ok = false;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    let lower = h.to_ascii_lowercase();
+                    if lower.starts_with("x-aws-ec2-metadata-token:")
+                        && h.contains("fake-imds-token")
+                    {
+                        token_ok = true;
+                    }
+                }
+                log.lock().expect("lock").push(line.trim().to_string());
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or_default();
+                let path = parts.next().unwrap_or_default();
+                let (code, body) = if method == "PUT" && path == "/latest/api/token" {
+                    ("200 OK", "fake-imds-token".to_string())
+                } else if !token_ok {
+                    ("401 Unauthorized", String::new())
+                } else if let Some(v) = path
+                    .strip_prefix("/latest/meta-data/")
+                    .and_then(|p| map.get(p))
+                {
+                    ("200 OK", v.clone())
+                } else {
+                    ("404 Not Found", String::new())
+                };
+                let mut w = stream;
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 {code}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self { url, requests }
+    }
+
+    /// Two ENIs as on a notebook instance: SageMaker's service ENI (another account) and the
+    /// customer ENI owned by the notebook's account 123456789012.
+    pub fn notebook() -> Self {
+        Self::start(&[
+            (
+                "network/interfaces/macs/",
+                "0a:00:00:00:00:01/\n0a:00:00:00:00:02/",
+            ),
+            (
+                "network/interfaces/macs/0a:00:00:00:00:01/owner-id",
+                "999999999999",
+            ),
+            (
+                "network/interfaces/macs/0a:00:00:00:00:01/vpc-id",
+                "vpc-99999999",
+            ),
+            (
+                "network/interfaces/macs/0a:00:00:00:00:01/subnet-id",
+                "subnet-99999999",
+            ),
+            (
+                "network/interfaces/macs/0a:00:00:00:00:01/security-group-ids",
+                "sg-99999999",
+            ),
+            (
+                "network/interfaces/macs/0a:00:00:00:00:02/owner-id",
+                "123456789012",
+            ),
+            (
+                "network/interfaces/macs/0a:00:00:00:00:02/vpc-id",
+                "vpc-0a1b2c3d4e5f60718",
+            ),
+            (
+                "network/interfaces/macs/0a:00:00:00:00:02/subnet-id",
+                "subnet-0123abcd",
+            ),
+            (
+                "network/interfaces/macs/0a:00:00:00:00:02/security-group-ids",
+                "sg-0123abcd\nsg-4567ef01",
+            ),
+            ("placement/region", "us-east-1"),
+        ])
     }
 }
