@@ -2,7 +2,7 @@
 # Lists every shell script of the project (by shebang), for shellcheck.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-find .ci lifecycle-scripts packaging tests vm-tests -type f 2>/dev/null \
+find .ci benches lifecycle-scripts packaging tests vm-tests -type f 2>/dev/null \
   | while read -r f; do
       head -c 64 "$f" | grep -qE '^#!.*(ba)?sh' && echo "$f"
     done | sort
