@@ -308,3 +308,49 @@ fn proxy_reaches_every_tool_and_no_proxy_always_has_loopback_and_imds() {
     assert_eq!(status.status.code(), Some(0), "{}", stdout(&status));
     assert!(!stdout(&status).contains("pa%25ss"), "{}", stdout(&status));
 }
+
+#[test]
+fn all_four_controls_pass_reapply_changes_nothing_and_revert_is_byte_identical() {
+    let cfg = r#"{"pip": {"index_url": "https://mirror.corp/simple", "conda_channels": ["https://mirror.corp/conda"]},
+                  "proxy": {"http": "http://proxy.corp:3128", "no_proxy": [".amazonaws.com"]},
+                  "environment": {"subnets": ["subnet-0123abcd"], "security_groups": ["sg-0123abcd"],
+                                  "kms_key_id": "alias/ml", "extra": {"TEAM": "ml"}}}"#;
+    let t = fixture(cfg);
+    let original = t.snapshot();
+    let first = agent(&["apply", "--root", root_arg(&t)]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let status = agent(&["status", "--root", root_arg(&t)]);
+    let text = stdout(&status);
+    assert_eq!(status.status.code(), Some(0), "{text}");
+    for row in [
+        "Root rights",
+        "pip mirror",
+        "Proxy",
+        "sagemaker_environment.py",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(row))
+            .unwrap_or_else(|| panic!("no {row} row: {text}"));
+        assert!(line.contains("PASS"), "{line}");
+    }
+    let applied = t.snapshot_without(&["var"]);
+    let second = agent(&["apply", "--root", root_arg(&t)]);
+    assert!(
+        stdout(&second).contains("apply: 0 changed"),
+        "{}",
+        stdout(&second)
+    );
+    assert_eq!(
+        changed(&applied, &t.snapshot_without(&["var"])),
+        Vec::<String>::new()
+    );
+    let revert = agent(&["revert", "--root", root_arg(&t)]);
+    assert_eq!(revert.status.code(), Some(0), "{}", stderr(&revert));
+    assert_eq!(
+        changed(&original, &t.snapshot()),
+        Vec::<String>::new(),
+        "revert: {}",
+        stdout(&revert)
+    );
+}

@@ -45,10 +45,16 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
             .map_err(|e| Failure::Runtime(format!("status: {e}")))?;
         println!("{}", redactor.scrub(&text));
     } else {
-        println!("{:<16} {:<14} EVIDENCE", "CONTROL", "STATUS");
+        let w = findings
+            .iter()
+            .map(|f| f.title.len())
+            .chain([16])
+            .max()
+            .unwrap_or(16);
+        println!("{:<w$} {:<14} EVIDENCE", "CONTROL", "STATUS");
         for f in &findings {
             println!(
-                "{:<16} {:<14} {}",
+                "{:<w$} {:<14} {}",
                 f.title,
                 f.status.to_string(),
                 redactor.scrub(&f.evidence)
