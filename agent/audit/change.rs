@@ -132,16 +132,74 @@ pub struct FsChange {
 /// fits; documented in docs/EVENTS.md.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentEvent {
-    Started { version: String, paths: Vec<PathBuf>, watches: u64, catch_up_changes: u64 },
-    Stopped { reason: String, spooled: u64 },
+    Started {
+        version: String,
+        paths: Vec<PathBuf>,
+        watches: u64,
+        catch_up_changes: u64,
+    },
+    Stopped {
+        reason: String,
+        spooled: u64,
+    },
     /// A tree was rescanned: after `IN_Q_OVERFLOW`, a full channel, or at a degraded periodic scan.
-    Rescan { path: PathBuf, reason: String, changes: u64, lost_notifications: u64 },
+    Rescan {
+        path: PathBuf,
+        reason: String,
+        changes: u64,
+        lost_notifications: u64,
+    },
     /// inotify limits hit; the named sysctl should be raised; the listed tree is scanned periodically.
-    WatchLimit { path: PathBuf, sysctl: String, error: String, scan_interval_secs: u64 },
+    WatchLimit {
+        path: PathBuf,
+        sysctl: String,
+        error: String,
+        scan_interval_secs: u64,
+    },
     /// The spool was full: this many events were dropped between the two times.
-    SpoolDrop { dropped: u64, first_ms: i64, last_ms: i64 },
+    SpoolDrop {
+        dropped: u64,
+        first_ms: i64,
+        last_ms: i64,
+    },
     /// The spool or snapshot was tampered with (renamed, deleted, truncated, corrupt frames).
-    SpoolTamper { path: PathBuf, what: String },
+    SpoolTamper {
+        path: PathBuf,
+        what: String,
+    },
+    /// `apply` finished. Control ids (`root_access`, …) in each list.
+    ApplyResult {
+        changed: Vec<String>,
+        unchanged: Vec<String>,
+        failed: Vec<ControlFailure>,
+    },
+    /// A control is no longer compliant (found by `watch` or `status`).
+    DriftFound {
+        control: String,
+        title: String,
+        evidence: String,
+    },
+    /// A drifted control was put back.
+    DriftRepaired {
+        control: String,
+        title: String,
+        evidence: String,
+    },
+    /// Periodic status of the `watch` daemon; `drifted` lists non-compliant control ids.
+    Heartbeat {
+        uptime_secs: u64,
+        drifted: Vec<String>,
+        spool_pending: u64,
+        spool_dropped: u64,
+        watches: u64,
+    },
+}
+
+/// One control that `apply` could not bring into compliance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlFailure {
+    pub control: String,
+    pub error: String,
 }
 
 /// Milliseconds since the epoch now.
