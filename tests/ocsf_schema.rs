@@ -35,8 +35,8 @@ impl Retrieve for Fixtures {
 
 fn validator(class: &str) -> Validator {
     let path = Path::new(FIXTURES).join(format!("{class}.schema.json"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    let schema: Value = serde_json::from_str(&text).unwrap();
+    let text = std::fs::read_to_string(&path).expect("schema fixture readable");
+    let schema: Value = serde_json::from_str(&text).expect("schema fixture is JSON");
     jsonschema::options()
         .with_retriever(Fixtures)
         .build(&schema)
@@ -77,13 +77,13 @@ impl Validators {
         // And the record survives the trip through one line.
         let line = to_line(record);
         assert!(!line.contains(&b'\n'));
-        let back: Value = serde_json::from_slice(&line).unwrap();
+        let back: Value = serde_json::from_slice(&line).expect("one line parses back");
         assert_eq!(&back, record);
     }
 }
 
 fn facts(p: &Path) -> FileFacts {
-    FileFacts::from_metadata(&std::fs::symlink_metadata(p).unwrap())
+    FileFacts::from_metadata(&std::fs::symlink_metadata(p).expect("lstat"))
 }
 
 fn kinds(old: &Path) -> Vec<ChangeKind> {
@@ -259,7 +259,8 @@ fn the_schema_rejects_what_ocsf_forbids() {
     };
     let good = file_activity(&c, &ocsf_common::ctx(), 1);
     assert!(v.fsa.is_valid(&good));
-    let broken: Vec<(&str, fn(&mut Value))> = vec![
+    type Break = fn(&mut Value);
+    let broken: Vec<(&str, Break)> = vec![
         ("type_uid not 100100 + activity_id", |r| {
             r["type_uid"] = 100103.into()
         }),
