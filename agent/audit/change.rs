@@ -167,6 +167,39 @@ pub enum AgentEvent {
         path: PathBuf,
         what: String,
     },
+    /// `apply` finished. Control ids (`root_access`, …) in each list.
+    ApplyResult {
+        changed: Vec<String>,
+        unchanged: Vec<String>,
+        failed: Vec<ControlFailure>,
+    },
+    /// A control is no longer compliant (found by `watch` or `status`).
+    DriftFound {
+        control: String,
+        title: String,
+        evidence: String,
+    },
+    /// A drifted control was put back.
+    DriftRepaired {
+        control: String,
+        title: String,
+        evidence: String,
+    },
+    /// Periodic status of the `watch` daemon; `drifted` lists non-compliant control ids.
+    Heartbeat {
+        uptime_secs: u64,
+        drifted: Vec<String>,
+        spool_pending: u64,
+        spool_dropped: u64,
+        watches: u64,
+    },
+}
+
+/// One control that `apply` could not bring into compliance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlFailure {
+    pub control: String,
+    pub error: String,
 }
 
 /// Milliseconds since the epoch now.

@@ -1,0 +1,242 @@
+//! Records shared by the OCSF schema test and the docs/EVENTS.md test: one fixed example of
+//! every event kind (fixed event uids, so the documentation can be compared byte for byte).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use notebook_agent::audit::change::{
+    AgentEvent, ChangeKind, ControlFailure, FileFacts, FileKind, FsChange, Source,
+};
+use notebook_agent::audit::ocsf::{self, Context};
+use serde_json::Value;
+
+pub const ARN: &str = "arn:aws:sagemaker:eu-west-1:123456789012:notebook-instance/research-nb";
+
+pub fn ctx() -> Context {
+    Context::new(
+        "ip-172-16-20-7.eu-west-1.compute.internal",
+        Some("research-nb".into()),
+        Some(ARN.into()),
+        Some("eu-west-1".into()),
+        Some("123456789012".into()),
+    )
+    .with_user_lookup(|uid| match uid {
+        0 => Some("root".into()),
+        1000 => Some("ec2-user".into()),
+        _ => None,
+    })
+}
+
+/// A context where nothing about the notebook is known (IMDS unreachable).
+pub fn bare_ctx() -> Context {
+    Context::new("localhost", None, None, None, None)
+}
+
+pub fn regular() -> FileFacts {
+    FileFacts {
+        kind: FileKind::Regular,
+        size: 3,
+        uid: 1000,
+        gid: 1000,
+        mode: 0o644,
+        inode: 1_048_601,
+        mtime_ms: 1_767_225_600_123,
+        sha256: Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into()),
+        hash_note: None,
+        link_target: None,
+    }
+}
+
+pub const T: i64 = 1_767_225_600_250;
+const HOME: &str = "/home/ec2-user/SageMaker";
+
+fn ch(kind: ChangeKind, path: &str, facts: Option<FileFacts>, source: Source) -> FsChange {
+    FsChange {
+        kind,
+        path: PathBuf::from(format!("{HOME}/{path}")),
+        facts,
+        time_ms: T,
+        source,
+    }
+}
+
+/// (name, what it shows, the change) for every file-activity example in docs/EVENTS.md.
+pub fn file_examples() -> Vec<(&'static str, &'static str, FsChange)> {
+    let big = FileFacts {
+        size: 734_003_200,
+        sha256: None,
+        hash_note: Some("over hash_max_bytes (734003200 > 104857600)".into()),
+        ..regular()
+    };
+    let link = FileFacts {
+        kind: FileKind::SymbolicLink,
+        size: 11,
+        mode: 0o777,
+        sha256: None,
+        link_target: Some("/etc/shadow".into()),
+        ..regular()
+    };
+    let dir = FileFacts {
+        kind: FileKind::Directory,
+        size: 4096,
+        mode: 0o2775,
+        sha256: None,
+        ..regular()
+    };
+    let script = FileFacts {
+        mode: 0o755,
+        ..regular()
+    };
+    vec![
+        ("create", "A file created while the agent ran (live).", ch(ChangeKind::Create, "train.py", Some(regular()), Source::Live)),
+        ("update", "Contents written; hash over the size cap.", ch(ChangeKind::Update, "data/model.bin", Some(big), Source::Live)),
+        ("delete", "A file deleted while the agent was down, known from the snapshot (catch_up).", ch(ChangeKind::Delete, "old.csv", Some(regular()), Source::CatchUp)),
+        ("delete-unknown", "A delete of a file the agent never saw: no facts, unknown actor.", ch(ChangeKind::Delete, "tmp.txt", None, Source::Rescan)),
+        ("rename", "`file` is the old name, `file_result` the new one.", ch(ChangeKind::Rename { from: format!("{HOME}/draft.ipynb").into() }, "final.ipynb", Some(regular()), Source::Live)),
+        ("set-attributes", "chmod +x.", ch(ChangeKind::SetAttributes, "run.sh", Some(script), Source::Live)),
+        ("symlink", "A symbolic link created; never followed, target recorded.", ch(ChangeKind::Create, "shadow", Some(link), Source::Live)),
+        ("directory", "A directory created (setgid).", ch(ChangeKind::Create, "shared", Some(dir), Source::Live)),
+        ("hostile-name", "A name with a newline, quotes and bytes that are not UTF-8: `path` is for display, `unmapped.file.path_hex` is exact.", FsChange {
+            path: PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                format!("{HOME}/a\n\"b\" \u{1b}[31m")
+                    .into_bytes()
+                    .into_iter()
+                    .chain([0xff, 0xfe])
+                    .collect(),
+            )),
+            ..ch(ChangeKind::Create, "", Some(regular()), Source::Live)
+        }),
+    ]
+}
+
+/// (name, what it shows, the event) for every agent-event example in docs/EVENTS.md.
+pub fn agent_examples() -> Vec<(&'static str, &'static str, AgentEvent)> {
+    vec![
+        (
+            "started",
+            "The daemon started; the catch-up scan found 2 changes.",
+            AgentEvent::Started {
+                version: "0.1.0".into(),
+                paths: vec![HOME.into()],
+                watches: 812,
+                catch_up_changes: 2,
+            },
+        ),
+        (
+            "stopped",
+            "SIGTERM; what is left in the spool ships at the next start.",
+            AgentEvent::Stopped {
+                reason: "SIGTERM".into(),
+                spooled: 0,
+            },
+        ),
+        (
+            "rescan",
+            "The inotify queue overflowed; the tree was rescanned.",
+            AgentEvent::Rescan {
+                path: HOME.into(),
+                reason: "inotify queue overflow".into(),
+                changes: 37,
+                lost_notifications: 1,
+            },
+        ),
+        (
+            "watch-limit",
+            "inotify watches ran out; the tree is scanned periodically.",
+            AgentEvent::WatchLimit {
+                path: format!("{HOME}/datasets").into(),
+                sysctl: "fs.inotify.max_user_watches".into(),
+                error: "No space left on device (os error 28)".into(),
+                scan_interval_secs: 60,
+            },
+        ),
+        (
+            "spool-drop",
+            "The spool was full; events were counted and dropped.",
+            AgentEvent::SpoolDrop {
+                dropped: 1200,
+                first_ms: T - 60_000,
+                last_ms: T - 1_000,
+            },
+        ),
+        (
+            "spool-tamper",
+            "A spool segment was deleted behind the agent's back.",
+            AgentEvent::SpoolTamper {
+                path: format!("{HOME}/.notebook-agent/spool/000017.seg").into(),
+                what: "deleted".into(),
+            },
+        ),
+        (
+            "apply-pass",
+            "`apply` brought every control into compliance.",
+            AgentEvent::ApplyResult {
+                changed: vec!["root_access".into(), "sudoers".into()],
+                unchanged: vec!["pip".into(), "proxy".into()],
+                failed: vec![],
+            },
+        ),
+        (
+            "apply-fail",
+            "`apply` could not fix a control.",
+            AgentEvent::ApplyResult {
+                changed: vec!["root_access".into()],
+                unchanged: vec![],
+                failed: vec![ControlFailure {
+                    control: "pip".into(),
+                    error: "/etc/pip.conf: Read-only file system".into(),
+                }],
+            },
+        ),
+        (
+            "drift-found",
+            "A control drifted (same finding uid as its repair).",
+            AgentEvent::DriftFound {
+                control: "sudoers".into(),
+                title: "Root rights".into(),
+                evidence: "/etc/sudoers.d/90-user grants ec2-user ALL".into(),
+            },
+        ),
+        (
+            "drift-repaired",
+            "The drift was put back; the finding is closed.",
+            AgentEvent::DriftRepaired {
+                control: "sudoers".into(),
+                title: "Root rights".into(),
+                evidence: "/etc/sudoers.d/90-user removed".into(),
+            },
+        ),
+        (
+            "heartbeat",
+            "Periodic status.",
+            AgentEvent::Heartbeat {
+                uptime_secs: 86_400,
+                drifted: vec![],
+                spool_pending: 12,
+                spool_dropped: 0,
+                watches: 812,
+            },
+        ),
+    ]
+}
+
+/// Every example as (name, description, record), in document order.
+pub fn examples(ctx: &Context) -> Vec<(&'static str, &'static str, Value)> {
+    let mut out = Vec::new();
+    let mut seq = 1u64;
+    for (name, what, c) in file_examples() {
+        let uid = format!("00000000-0000-4000-8000-{seq:012}");
+        out.push((name, what, ocsf::file_activity_with_uid(&c, ctx, seq, &uid)));
+        seq += 1;
+    }
+    for (name, what, e) in agent_examples() {
+        let uid = format!("00000000-0000-4000-8000-{seq:012}");
+        out.push((
+            name,
+            what,
+            ocsf::agent_event_with_uid(&e, ctx, seq, T, &uid),
+        ));
+        seq += 1;
+    }
+    out
+}
