@@ -36,7 +36,7 @@ fn read_all(r: &mut SpoolReader, after: u64) -> Vec<Record> {
     let mut out: Vec<Record> = Vec::new();
     let mut after = after;
     loop {
-        let batch = r.read_from(after, 97, 10_000).unwrap();
+        let batch = r.read_from(after, 97, 10_000).expect("spool test helper");
         let Some(last) = batch.last() else { break };
         after = last.seq;
         out.extend(batch);
@@ -50,9 +50,14 @@ fn seqs(r: &[Record]) -> Vec<u64> {
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
+        .expect("spool test helper")
+        .map(|e| e.expect("spool test helper").path())
+        .filter(|p| {
+            p.file_name()
+                .expect("spool test helper")
+                .to_string_lossy()
+                .starts_with("seg-")
+        })
         .collect();
     v.sort();
     v
@@ -60,12 +65,15 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
 
 fn append_n(w: &mut SpoolWriter, n: u64) -> Vec<u64> {
     (0..n)
-        .map(
-            |i| match w.append(1_700_000_000_000 + i as i64, payload).unwrap() {
+        .map(|i| {
+            match w
+                .append(1_700_000_000_000 + i as i64, payload)
+                .expect("spool test helper")
+            {
                 Appended::Stored { seq } => seq,
                 Appended::Dropped => panic!("dropped"),
-            },
-        )
+            }
+        })
         .collect()
 }
 
@@ -177,17 +185,17 @@ fn sequence_is_never_reused_after_every_segment_is_gone() {
 
 /// Damages the last segment with `damage`, reopens, and checks the cut and what follows.
 fn torn_tail_case(damage: impl FnOnce(&Path), expect: Damage, survivors: u64) {
-    let t = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().expect("spool test helper");
     let d = t.path().join("spool");
     {
         let (mut w, _r) = open_spool(&d, opts(1 << 20));
         append_n(&mut w, 10);
-        w.sync().unwrap();
+        w.sync().expect("spool test helper");
     }
-    let seg = segment_files(&d).pop().unwrap();
-    let len_before = std::fs::metadata(&seg).unwrap().len();
+    let seg = segment_files(&d).pop().expect("spool test helper");
+    let len_before = std::fs::metadata(&seg).expect("spool test helper").len();
     damage(&seg);
-    let (mut w, mut r, rep) = open(&d, opts(1 << 20)).unwrap();
+    let (mut w, mut r, rep) = open(&d, opts(1 << 20)).expect("spool test helper");
     assert!(rep.truncated_bytes > 0);
     assert!(
         rep.anomalies
@@ -197,19 +205,19 @@ fn torn_tail_case(damage: impl FnOnce(&Path), expect: Damage, survivors: u64) {
         rep.anomalies
     );
     assert_eq!(rep.next_seq, survivors + 1);
-    assert!(std::fs::metadata(&seg).unwrap().len() <= len_before);
+    assert!(std::fs::metadata(&seg).expect("spool test helper").len() <= len_before);
     assert_eq!(
         seqs(&read_all(&mut r, 0)),
         (1..=survivors).collect::<Vec<_>>()
     );
     assert_eq!(append_n(&mut w, 2), vec![survivors + 1, survivors + 2]);
-    w.sync().unwrap();
+    w.sync().expect("spool test helper");
     assert_eq!(
         seqs(&read_all(&mut r, survivors)),
         vec![survivors + 1, survivors + 2]
     );
     drop((w, r));
-    let (_w, mut r, rep) = open(&d, opts(1 << 20)).unwrap();
+    let (_w, mut r, rep) = open(&d, opts(1 << 20)).expect("spool test helper");
     assert_eq!(rep.truncated_bytes, 0, "{:?}", rep.anomalies);
     assert_eq!(rep.next_seq, survivors + 3);
     assert_eq!(
