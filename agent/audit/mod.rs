@@ -6,3 +6,4 @@
 pub mod change;
 pub mod hash;
 pub mod ocsf;
+pub mod spool;
