@@ -108,7 +108,7 @@ demo_wait_jupyter_restarted() {
     pid=$(sandbox_jupyter_pids 2>/dev/null | head -n1) || pid=''
     if [[ -n $pid && $pid != "$old" ]] &&
         sandbox_exec grep -qz "^https_proxy=$DEMO_PROXY\$" "/proc/$pid/environ" 2>/dev/null; then
-      echo "restarted by apply: pid $old → $pid after $((i / 4)).$(((i % 4) * 25))s"
+      echo "restarted by apply (--no-block): pid ${old:-none} → $pid"
       demo_jupyter_proxy_env | tail -n +2
       return 0
     fi
@@ -158,7 +158,7 @@ demo_show "su ec2-user -c '~/anaconda3/envs/python3/bin/pip config list'   # pip
 check before-pip-config-empty demo_out_empty
 demo_show "curl -s http://127.0.0.1:8888/api   # jupyter-server is up" demo_jupyter_api
 check before-jupyter-answers demo_out_has '"version"'
-demo_show "jupyter-server's environment: proxy variables" demo_jupyter_proxy_env
+demo_show "tr '\\0' '\\n' </proc/<jupyter-server pid>/environ | grep -i _proxy=" demo_jupyter_proxy_env
 check before-jupyter-no-proxy demo_out_lacks '_proxy='
 DEMO_JUPYTER_PID=$(sandbox_jupyter_pids | head -n1) || DEMO_JUPYTER_PID=''
 
@@ -167,7 +167,7 @@ demo_show "install -m 0755 $DEMO_AGENT_SRC /usr/local/bin/notebook-agent && note
   sandbox_exec sh -c "install -m 0755 '$DEMO_AGENT_SRC' /usr/local/bin/notebook-agent && notebook-agent --version"
 check agent-installed demo_rc_is 0
 demo_say "Config: a pip mirror and a proxy. Both are made-up names; apply only writes them into files."
-demo_show "write /etc/notebook-agent/config.json (root 0600)" demo_write_config
+demo_show "umask 077; cat >/etc/notebook-agent/config.json; ls -l …; cat …" demo_write_config
 check config-root-0600 demo_out_has '^-rw------- root:root /etc/notebook-agent/config.json$'
 
 demo_step "notebook-agent apply"
@@ -189,7 +189,8 @@ demo_show "su -l ec2-user -c 'sudo -n id -un'" demo_sudo
 check after-sudo-denied demo_out_lacks '^root$'
 demo_show "sudo -l -U ec2-user   # as root: what sudo itself says" sandbox_exec sudo -l -U ec2-user
 check after-sudo-no-rules demo_out_has 'is not allowed to run sudo'
-demo_show "pip config list, as ec2-user, in every env" demo_pip_all_envs
+demo_show "for env in ~/anaconda3 ~/anaconda3/envs/*; do \$env/bin/pip config list; done   # as ec2-user" \
+  demo_pip_all_envs
 check after-pip-mirror-every-env demo_rc_is 0
 for demo_env in "${DEMO_ENVS[@]}"; do
   check "after-pip-mirror-${demo_env##*/}" demo_env_uses_mirror "$demo_env"
@@ -205,7 +206,9 @@ check after-terminal-proxy demo_out_has "^$DEMO_PROXY\$"
 demo_show "su ec2-user -c 'git config --get https.proxy'" \
   sandbox_exec_as ec2-user git config --get https.proxy
 check after-git-proxy demo_out_has "^$DEMO_PROXY"
-demo_show "jupyter-server's environment (kernels inherit it)" demo_wait_jupyter_restarted "$DEMO_JUPYTER_PID"
+demo_say "jupyter-server's environment (kernels inherit it), once apply's non-blocking restart is done:"
+demo_show "tr '\\0' '\\n' </proc/<jupyter-server pid>/environ | grep -i _proxy=" \
+  demo_wait_jupyter_restarted "$DEMO_JUPYTER_PID"
 check after-jupyter-restarted-with-proxy demo_rc_is 0
 
 demo_step "Drift: someone puts ec2-user back into wheel"
