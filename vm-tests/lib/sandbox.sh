@@ -180,6 +180,16 @@ sandbox_login_as() {
   sandbox_exec su -l "$user" -c "$*"
 }
 
+# sandbox_jupyter_pids: the jupyter-server process(es) of the jupyter-server
+# unit, i.e. the children of its MainPID (the `su -l` wrapper). Fails when
+# the unit has no main process. (cgroup v1 on some hosts: use ps, not cgroups.)
+sandbox_jupyter_pids() {
+  local main
+  main=$(sandbox_exec systemctl show -p MainPID --value jupyter-server.service) || return 1
+  [[ -n $main && $main != 0 ]] || return 1
+  sandbox_exec ps -o pid=,args= --ppid "$main" | awk '$3 ~ /\/jupyter-server$/ {print $1}'
+}
+
 # sandbox_exec_unit CMD [ARGS...]: run as a transient unit of the container's
 # systemd (its cgroup, capabilities and sandboxing); waits, pipes output.
 sandbox_exec_unit() {

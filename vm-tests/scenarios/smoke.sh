@@ -57,19 +57,10 @@ smoke_jupyter_active() {
     sandbox_exec systemctl is-enabled jupyter-server.service
 }
 
-# jupyter-server itself: the child of the unit's MainPID (the `su -l`
-# wrapper). (The host runs cgroup v1, so cgroup.procs paths vary; use ps.)
-_smoke_jupyter_pids() {
-  local main
-  main=$(sandbox_exec systemctl show -p MainPID --value jupyter-server.service) || return 1
-  [[ $main != 0 ]] || return 1
-  sandbox_exec ps -o pid=,args= --ppid "$main" | awk '$3 ~ /\/jupyter-server$/ {print $1}'
-}
-
 smoke_jupyter_user() {
   local main pids p user
   main=$(sandbox_exec systemctl show -p MainPID --value jupyter-server.service)
-  pids=$(_smoke_jupyter_pids) || return 1
+  pids=$(sandbox_jupyter_pids) || return 1
   echo "MainPID $main: $(sandbox_exec ps -o user=,args= -p "$main")"
   [[ -n $pids ]] || { echo "no jupyter-server child of MainPID"; return 1; }
   [[ $(sandbox_exec ps -o comm= -p "$main") == su ]] || return 1
@@ -96,7 +87,7 @@ smoke_jupyter_login_env() {
   sandbox_exec sh -c 'echo "export NB_SANDBOX_SMOKE=profile-d-applied" >/etc/profile.d/zz-sandbox-smoke.sh' || return 1
   sandbox_exec systemctl restart jupyter-server.service || return 1
   for ((i = 0; i < 40; i++)); do
-    pid=$(_smoke_jupyter_pids | head -n1)
+    pid=$(sandbox_jupyter_pids | head -n1)
     [[ -n $pid ]] && sandbox_exec grep -qz '^NB_SANDBOX_SMOKE=profile-d-applied$' "/proc/$pid/environ" && break
     pid=''; sleep 0.25
   done
