@@ -218,3 +218,81 @@ fn real_visudo_in_a_chroot_refuses_a_bad_sudoers_file_before_anything_is_touched
         "Defaults:ec2-user !requiretty\n"
     );
 }
+
+/// Answers every command with success and records, for each, which of the agent's service files
+/// existed at that moment.
+struct ServiceRunner {
+    root: PathBuf,
+    calls: std::sync::Mutex<Vec<(String, bool)>>,
+}
+
+impl notebook_agent::host::CommandRunner for ServiceRunner {
+    fn run(
+        &self,
+        cmd: &notebook_agent::host::HostCommand,
+    ) -> Result<notebook_agent::host::CommandOutput, notebook_agent::host::command::CommandError>
+    {
+        let all_written = [
+            "etc/profile.d/notebook-agent-proxy.sh",
+            "etc/systemd/system/jupyter-server.service.d/notebook-agent-proxy.conf",
+            "etc/systemd/system/jupyter-server.service.d/notebook-agent-environment.conf",
+        ]
+        .iter()
+        .all(|f| self.root.join(f).exists());
+        self.calls
+            .lock()
+            .expect("lock")
+            .push((cmd.to_string(), all_written));
+        Ok(notebook_agent::host::CommandOutput {
+            code: Some(0),
+            stdout: String::new(),
+            stderr: String::new(),
+        })
+    }
+}
+
+/// Regression: the root-rights control asked for the jupyter-server restart before the proxy
+/// control had written its files, so Jupyter could come back without the proxy.
+#[test]
+fn service_commands_run_after_every_control_wrote_its_files_reload_first_once_each() {
+    let t = TempRoot::amazon_linux();
+    t.mkdir("run/systemd/system");
+    t.write(
+        "etc/systemd/system/jupyter-server.service",
+        "[Service]\nExecStart=/bin/true\n",
+        0o644,
+    );
+    let root = Root::new(t.path()).expect("root");
+    let cfg = config::parse(
+        r#"{"proxy": {"http": "http://proxy.corp:3128"},
+            "environment": {"subnets": ["subnet-0123abcd"]}}"#,
+        std::path::Path::new("test.json"),
+    )
+    .expect("config");
+    let runner = ServiceRunner {
+        root: t.path().to_path_buf(),
+        calls: std::sync::Mutex::new(Vec::new()),
+    };
+    let ctx = Context::new(&root, &cfg, &runner).expect("context");
+    apply(&ctx, &notebook_agent::harden::all()).expect("apply");
+    let calls = runner.calls.lock().expect("lock").clone();
+    let systemctl: Vec<&(String, bool)> = calls
+        .iter()
+        .filter(|(c, _)| c.starts_with("systemctl"))
+        .collect();
+    assert_eq!(
+        systemctl
+            .iter()
+            .map(|(c, _)| c.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "systemctl daemon-reload",
+            "systemctl --no-block restart jupyter-server.service"
+        ],
+        "{calls:?}"
+    );
+    assert!(
+        systemctl.iter().all(|(_, written)| *written),
+        "a service command ran before every file was written: {calls:?}"
+    );
+}

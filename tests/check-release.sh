@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 target=x86_64-unknown-linux-musl
 start=$SECONDS
 cargo build --locked --release --target "$target"
-bin=target/$target/release/notebook-agent
+bin=${CARGO_TARGET_DIR:-target}/$target/release/notebook-agent
 echo "release build: $((SECONDS - start)) s, $(stat -c %s "$bin") bytes"
 
 desc=$(file -b "$bin")

@@ -17,5 +17,9 @@ pub fn run(cli: &Cli, _args: &Args) -> Result<Exit, Failure> {
         println!("{} {}", r.action, r.path.display());
     }
     println!("revert: {} path(s) restored", restored.len());
+    let runner = crate::host::RealRunner::new(root.clone());
+    for line in revert::reload_services(&root, &runner, &restored) {
+        println!("{line}");
+    }
     Ok(Exit::Ok)
 }

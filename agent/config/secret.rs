@@ -107,7 +107,17 @@ impl SecretUrl {
                         .collect();
                     url.query_pairs_mut().clear().extend_pairs(pairs);
                 }
-                url.to_string()
+                let mut shown = url.to_string();
+                // `url` adds a "/" path to a bare origin; show it as the admin wrote it.
+                if url.path() == "/"
+                    && url.query().is_none()
+                    && url.fragment().is_none()
+                    && !self.0.ends_with('/')
+                    && shown.ends_with('/')
+                {
+                    shown.pop();
+                }
+                shown
             }
             // Not a URL at all: it may still be a secret pasted in the wrong place.
             Err(_) => format!("<unparsable URL, {REDACTED}>"),

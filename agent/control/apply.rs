@@ -141,7 +141,8 @@ pub struct Progress {
     pub ran: BTreeSet<String>,
 }
 
-/// Executes one control's plan with the shared writer.
+/// Executes one control's file actions (directories, writes, removals) with the shared writer.
+/// Its `Run` actions are left to [`run_commands`].
 pub fn execute(
     ctx: &Context<'_>,
     control: &dyn Control,
@@ -211,12 +212,53 @@ pub fn execute(
                     });
                 }
             }
-            Action::Run {
-                command,
-                reason,
-                when_changed,
-                must_succeed,
-            } => {
+            // Commands run after every control's files are in place: see `run_commands`.
+            Action::Run { .. } => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the `Run` actions of every plan once every control's files are written, so that a restart
+/// one control asks for sees the files of the controls after it (a jupyter-server restarted by
+/// the root-rights control must start with the proxy control's environment). Unit reloads
+/// (`systemctl daemon-reload`) run first; a command asked for twice runs once; a command whose
+/// `when_changed` files did not change is skipped. Returns the changes per control, in order.
+pub fn run_commands(
+    ctx: &Context<'_>,
+    controls: &[Box<dyn Control>],
+    plans: &[Plan],
+    progress: &mut Progress,
+) -> Result<Vec<Vec<Change>>, ApplyError> {
+    let mut runs: Vec<(usize, &Action)> = Vec::new();
+    for (i, plan) in plans.iter().enumerate() {
+        runs.extend(
+            plan.actions()
+                .iter()
+                .filter(|a| matches!(a, Action::Run { .. }))
+                .map(|a| (i, a)),
+        );
+    }
+    let is_reload = |a: &Action| matches!(a, Action::Run { command, .. } if command.to_string().contains("daemon-reload"));
+    runs.sort_by_key(|(_, a)| !is_reload(a));
+    let mut out: Vec<Vec<Change>> = vec![Vec::new(); plans.len()];
+    let changed = &progress.changed;
+    for (i, action) in runs {
+        let Some(control) = controls.get(i) else {
+            continue;
+        };
+        let fail = |message: String| ApplyError::Execute {
+            control: control.id(),
+            message,
+        };
+        if let Action::Run {
+            command,
+            reason,
+            when_changed,
+            must_succeed,
+        } = action
+        {
+            {
                 if !when_changed.is_empty() && !when_changed.iter().any(|p| changed.contains(p)) {
                     continue;
                 }
@@ -238,7 +280,7 @@ pub fn execute(
                     }
                     tracing::warn!(control = control.id(), command = %command, "Command {outcome}.");
                 }
-                out.push(Change {
+                out[i].push(Change {
                     target: command.to_string(),
                     outcome,
                 });
@@ -264,6 +306,10 @@ pub fn apply(ctx: &Context<'_>, controls: &[Box<dyn Control>]) -> Result<ApplyRe
             changes,
             finding: None,
         });
+    }
+    let ran = run_commands(ctx, controls, &plans, &mut progress)?;
+    for (report, changes) in reports.iter_mut().zip(ran) {
+        report.changes.extend(changes);
     }
     let after = Context::new(ctx.root, ctx.config, ctx.runner).map_err(ApplyError::State)?;
     for (c, r) in controls.iter().zip(reports.iter_mut()) {

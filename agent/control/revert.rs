@@ -81,3 +81,47 @@ pub fn revert(root: &Root) -> Result<Vec<Restored>, String> {
         Err(errors.join("\n  "))
     }
 }
+
+/// After a revert, the services see the restored files: `systemctl daemon-reload` when a unit
+/// file or drop-in was restored (and systemd runs), then `systemctl --no-block restart
+/// jupyter-server` when anything its environment comes from was (drop-ins, profile.d, bashrc,
+/// groups), if the unit exists. Returns one line per command for the report.
+pub fn reload_services(
+    root: &Root,
+    runner: &dyn crate::host::CommandRunner,
+    restored: &[Restored],
+) -> Vec<String> {
+    use crate::harden::{restart_unit_exists, JUPYTER_UNIT};
+    use crate::host::HostCommand;
+    let touched = |prefixes: &[&str]| {
+        restored
+            .iter()
+            .any(|r| prefixes.iter().any(|p| r.path.starts_with(p)))
+    };
+    let mut out = Vec::new();
+    let mut run = |cmd: HostCommand| {
+        let line = match runner.run(&cmd) {
+            Ok(o) if o.success() => format!("ran {cmd}"),
+            Ok(o) => format!("{cmd} failed (exit {:?}): {}", o.code, o.message()),
+            Err(e) => format!("{cmd} failed: {e}"),
+        };
+        out.push(line);
+    };
+    if touched(&["/etc/systemd/system"]) && root.path("/run/systemd/system").is_dir() {
+        run(HostCommand::new("systemctl", ["daemon-reload"]));
+    }
+    let env_sources = [
+        "/etc/systemd/system/jupyter-server.service.d",
+        "/etc/profile.d",
+        "/etc/bashrc",
+        "/etc/bash.bashrc",
+        "/etc/group",
+    ];
+    if touched(&env_sources) && restart_unit_exists(root) {
+        run(HostCommand::new(
+            "systemctl",
+            ["--no-block", "restart", JUPYTER_UNIT],
+        ));
+    }
+    out
+}

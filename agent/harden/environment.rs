@@ -331,7 +331,7 @@ fn plan_for(ctx: &Context<'_>, values: &Values) -> Plan {
             root_file(PathBuf::from(MODULE), module.clone()),
         ];
         let pths = pth_locations(ctx);
-        tracing::info!(
+        tracing::debug!(
             files = %pths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "),
             "sagemaker_environment is made importable from every Python."
         );

@@ -40,17 +40,21 @@ pub fn restart_jupyter(ctx: &Context<'_>, when_changed: Vec<PathBuf>) -> Option<
     if when_changed.is_empty() {
         return None;
     }
-    let exists = [
-        "/etc/systemd/system",
-        "/usr/lib/systemd/system",
-        "/lib/systemd/system",
-    ]
-    .iter()
-    .any(|d| ctx.root.path(d).join(JUPYTER_UNIT).exists());
-    exists.then(|| Action::Run {
+    restart_unit_exists(ctx.root).then(|| Action::Run {
         command: HostCommand::new("systemctl", ["--no-block", "restart", JUPYTER_UNIT]),
         reason: "running processes keep old groups and environment".to_string(),
         when_changed,
         must_succeed: false,
     })
+}
+
+/// Whether the jupyter-server unit is installed under `root`.
+pub fn restart_unit_exists(root: &crate::host::Root) -> bool {
+    [
+        "/etc/systemd/system",
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+    ]
+    .iter()
+    .any(|d| root.path(d).join(JUPYTER_UNIT).exists())
 }

@@ -143,7 +143,7 @@ impl Control for Pip {
             tracing::warn!(home = %home.display(), "No home directory: user pip.conf files skipped.");
         }
         let envs = envs::prefixes(ctx);
-        tracing::info!(
+        tracing::debug!(
             envs = %envs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "),
             "pip.conf goes into every conda env."
         );
