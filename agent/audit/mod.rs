@@ -4,3 +4,5 @@
 //! records → `spool` keeps them durably until the shipper has them acknowledged by CloudWatch.
 
 pub mod change;
+pub mod snapshot;
+pub mod watcher;
