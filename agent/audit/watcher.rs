@@ -447,7 +447,7 @@ impl Processor {
                 path: root,
                 sysctl: sysctl.to_string(),
                 error: format!("inotify_init: {e}"),
-                scan_interval_secs: self.cfg.scan_interval.as_secs(),
+                scan_interval_secs: self.cfg.scan_interval.as_millis().div_ceil(1000) as u64,
             };
             self.emit(Output::Agent(ev));
         }
@@ -724,7 +724,7 @@ impl Processor {
             first = %first,
             error = %err,
             sysctl,
-            scan_interval_secs = self.cfg.scan_interval.as_secs(),
+            scan_interval_secs = self.cfg.scan_interval.as_millis().div_ceil(1000) as u64,
             "Could not watch every directory (raise sysctl {SYSCTL_WATCHES} if ENOSPC); scanning those trees periodically instead."
         );
         for d in ctx.newly_unwatched {
@@ -740,7 +740,7 @@ impl Processor {
                 sysctl.to_string()
             },
             error: format!("{err}: {n} directories not watched (first: {first})"),
-            scan_interval_secs: self.cfg.scan_interval.as_secs(),
+            scan_interval_secs: self.cfg.scan_interval.as_millis().div_ceil(1000) as u64,
         }));
     }
 
