@@ -816,3 +816,71 @@ fn hostile_name_bytes_are_kept_exactly() {
     );
     w.stop();
 }
+
+#[test]
+fn kernel_queue_overflow_rescans_everything_and_says_so() {
+    let fx = fixture();
+    let queued: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(16384);
+    std::fs::write(fx.root.join("before-gone"), b"x").expect("write");
+    std::fs::write(fx.root.join("before-renamed"), b"x").expect("write");
+    let mut cfg = config(&fx.root);
+    cfg.stall_reader = Some(Duration::from_secs(6));
+    let (w, rx, _) = start(cfg);
+    let t = Instant::now();
+    // Each new file queues IN_CREATE, IN_MODIFY and IN_CLOSE_WRITE: this is well over the queue.
+    let n = queued / 3 + 1000;
+    for i in 0..n {
+        std::fs::write(fx.root.join(format!("f{i:05}")), b"x").expect("write");
+    }
+    std::fs::remove_file(fx.root.join("before-gone")).expect("rm");
+    std::fs::rename(fx.root.join("before-renamed"), fx.root.join("after-rename")).expect("mv");
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "the files must be made while the reader stalls"
+    );
+    // Output is buffered (capacity 65,536) while we wait for the stalled reader to see the overflow.
+    let wait = Instant::now();
+    while w.stats().map(|s| s.overflows).unwrap_or(0) == 0
+        && wait.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let outs = collect(rx, Duration::from_secs(2))
+        .handle
+        .join()
+        .expect("collector");
+    let stats = w.stats().expect("stats");
+    let overflow: Vec<AgentEvent> = agent_events(&outs)
+        .into_iter()
+        .filter(|a| matches!(a, AgentEvent::Rescan { reason, .. } if reason.contains("overflow")))
+        .collect();
+    println!(
+        "kernel overflow: {n} files while stalled, stats={stats:?}, rescan events={overflow:?}"
+    );
+    assert_eq!(stats.overflows, 1);
+    assert_eq!(overflow.len(), 1);
+    let ch = changes(&outs);
+    let creates: HashSet<PathBuf> = ch
+        .iter()
+        .filter(|c| c.kind == ChangeKind::Create)
+        .map(|c| c.path.clone())
+        .collect();
+    assert_eq!(creates.len(), n, "every file, live or by the rescan");
+    assert_eq!(
+        ch.iter().filter(|c| c.kind == ChangeKind::Create).count(),
+        n,
+        "no duplicates"
+    );
+    let sum = summary(&fx.root, &outs);
+    assert!(
+        sum.contains(&"delete before-gone".to_string()),
+        "{:?}",
+        &sum[sum.len().saturating_sub(5)..]
+    );
+    assert!(sum.contains(&"rename before-renamed -> after-rename".to_string()));
+    assert_eq!(state_paths(&w), disk_paths(&fx.root));
+    w.stop();
+}

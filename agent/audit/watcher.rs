@@ -87,6 +87,10 @@ pub struct WatchConfig {
     pub write_settle: Duration,
     /// How long an `IN_MOVED_FROM` waits for its `IN_MOVED_TO` before it counts as a move out.
     pub rename_wait: Duration,
+    /// Tests only: the reader waits this long before its first read, so the kernel queue
+    /// (`fs.inotify.max_queued_events`) really overflows.
+    #[doc(hidden)]
+    pub stall_reader: Option<Duration>,
 }
 
 impl Default for WatchConfig {
@@ -101,6 +105,7 @@ impl Default for WatchConfig {
             scan_interval: Duration::from_secs(60),
             write_settle: Duration::from_millis(500),
             rename_wait: Duration::from_millis(20),
+            stall_reader: None,
         }
     }
 }
@@ -206,10 +211,16 @@ impl Watcher {
                 let ino = Arc::clone(ino);
                 let tx = tx.clone();
                 let shared = Arc::clone(&shared);
+                let stall = config.stall_reader;
                 Some(
                     std::thread::Builder::new()
                         .name("watch-reader".into())
-                        .spawn(move || read_loop(&ino, &tx, &shared))
+                        .spawn(move || {
+                            if let Some(d) = stall {
+                                std::thread::sleep(d);
+                            }
+                            read_loop(&ino, &tx, &shared)
+                        })
                         .map_err(WatchError::Thread)?,
                 )
             }
