@@ -1,9 +1,12 @@
 //! The audit pipeline of `notebook-agent watch`, in the order an event travels:
-//! `watcher` (inotify via notify, excludes, rescans) and `snapshot` (catch-up after downtime) produce
+//! `watcher` (inotify, excludes, rescans) and `snapshot` (catch-up after downtime) produce
 //! [`change::FsChange`] values → `hash` adds sha256 off the notify thread → `ocsf` encodes OCSF 1.x
-//! records → `spool` keeps them durably until the shipper has them acknowledged by CloudWatch.
+//! records → `spool` keeps them durably until the shipper has them acknowledged by CloudWatch;
+//! `daemon` runs them together.
 
 pub mod change;
 pub mod hash;
 pub mod ocsf;
+pub mod snapshot;
 pub mod spool;
+pub mod watcher;
