@@ -43,18 +43,6 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn watch_is_not_implemented_yet_and_says_so() {
-    let t = TempRoot::amazon_linux();
-    let out = agent(&["watch", "--root", t.path().to_str().expect("utf-8")]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("not implemented yet"),
-        "{}",
-        stderr(&out)
-    );
-}
-
-#[test]
 fn example_config_parses_and_validates() {
     let path = common::repo().join("packaging/config.example.json");
     let text = std::fs::read_to_string(&path).expect("example config");

@@ -62,7 +62,7 @@ fn changes(outs: &[Output]) -> Vec<FsChange> {
     outs.iter()
         .filter_map(|o| match o {
             Output::Change(c) => Some(c.clone()),
-            Output::Agent(_) => None,
+            Output::Agent(_) | Output::Snapshot(_) => None,
         })
         .collect()
 }
@@ -95,7 +95,7 @@ fn agent_events(outs: &[Output]) -> Vec<AgentEvent> {
     outs.iter()
         .filter_map(|o| match o {
             Output::Agent(a) => Some(a.clone()),
-            Output::Change(_) => None,
+            Output::Change(_) | Output::Snapshot(_) => None,
         })
         .collect()
 }

@@ -5,6 +5,7 @@
 //! `daemon` runs them together.
 
 pub mod change;
+pub mod daemon;
 pub mod hash;
 pub mod ocsf;
 pub mod snapshot;

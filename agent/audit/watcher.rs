@@ -129,6 +129,10 @@ pub enum WatchError {
 pub enum Output {
     Change(FsChange),
     Agent(AgentEvent),
+    /// The in-memory tree, in order with the changes: every change it reflects was sent before it.
+    /// Sent on [`Watcher::request_snapshot`] and as the last output at stop (after pending writes
+    /// and moves are flushed), so the daemon can persist it once everything before it is durable.
+    Snapshot(Box<Snapshot>),
 }
 
 /// Counters for `status` and the `Started` event.
@@ -160,6 +164,7 @@ pub struct StartInfo {
 enum Msg {
     Event(InotifyEvent),
     Snapshot(mpsc::Sender<Snapshot>),
+    SnapshotInline,
     Stats(mpsc::Sender<WatchStats>),
     Stop,
 }
@@ -257,6 +262,12 @@ impl Watcher {
         let (tx, rx) = mpsc::channel();
         self.tx.send(Msg::Snapshot(tx)).ok()?;
         rx.recv().ok()
+    }
+
+    /// Ask for an [`Output::Snapshot`] in the output stream. Never blocks: false when the
+    /// watcher's queue is full (ask again later) or it has stopped.
+    pub fn request_snapshot(&self) -> bool {
+        self.tx.try_send(Msg::SnapshotInline).is_ok()
     }
 
     pub fn stats(&self) -> Option<WatchStats> {
@@ -518,6 +529,12 @@ impl Processor {
                 Ok(Msg::Stats(tx)) => {
                     let _ = tx.send(self.stats());
                 }
+                Ok(Msg::SnapshotInline) => {
+                    let snap = Snapshot {
+                        entries: self.state.clone(),
+                    };
+                    self.emit(Output::Snapshot(Box::new(snap)));
+                }
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {
                     since_check = 0;
@@ -562,6 +579,10 @@ impl Processor {
         for m in moves {
             self.moved_out(&m.from);
         }
+        let snap = Snapshot {
+            entries: self.state.clone(),
+        };
+        self.emit(Output::Snapshot(Box::new(snap)));
         if let Some(ino) = &self.inotify {
             for wd in self.wd_path.keys() {
                 let _ = ino.rm_watch(*wd);

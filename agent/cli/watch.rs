@@ -1,16 +1,43 @@
-//! `notebook-agent watch`: the resident audit daemon (watcher → event → spool → shipper).
+//! `notebook-agent watch`: the resident audit daemon (watcher → hash → OCSF → spool → shipper).
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::audit::daemon::{self, Options};
 use crate::exit::Exit;
 
 use super::{Cli, Failure, Globals};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Print every OCSF record on stdout (one JSON object per line) instead of spooling and
+    /// shipping it; nothing is persisted. For admins and tests. Stops on SIGTERM or SIGINT.
+    #[arg(long)]
+    pub stdout: bool,
+}
 
-pub fn run(cli: &Cli, _args: &Args) -> Result<Exit, Failure> {
-    // Validate the config even now, so a bad config is reported with exit 2 as everywhere else.
-    let _ = Globals::load(cli)?;
-    Err(Failure::Runtime(
-        "watch: not implemented yet (the audit daemon is a later release)".to_string(),
-    ))
+pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
+    let g = Globals::load(cli)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Before any other thread exists, so that every thread inherits the blocked signals.
+    daemon::install_signal_thread(Arc::clone(&stop)).map_err(Failure::Runtime)?;
+    if !g.config.audit.enabled {
+        tracing::warn!("audit.enabled is false: nothing is watched.");
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        return Ok(Exit::Ok);
+    }
+    let opts = Options::from_config(&g.root, &g.config, args.stdout);
+    let report = daemon::run(&g.root, opts, stop, |_reader| {
+        // The shipper (CloudWatch Logs) takes the reader here; until it lands, records stay
+        // in the spool, acknowledged by nobody.
+    })
+    .map_err(|e| Failure::Runtime(format!("watch: {e}")))?;
+    tracing::info!(
+        events = report.events_written,
+        dropped = report.events_dropped,
+        "Stopped."
+    );
+    Ok(Exit::Ok)
 }
