@@ -129,11 +129,9 @@ fn rendered_scripts_fit_the_lifecycle_limit_even_at_the_parameters_maximum() {
     let long_url = format!("s3://{}/n.tar.gz", "b".repeat(400 - 14));
     let proxy = format!("http://{}:3128", "p".repeat(200 - 12));
     let big = tempfile::NamedTempFile::new().expect("tmp");
-    fs::write(
-        big.path(),
-        format!("{{\"environment\": {{\"extra\": {{\"X\": \"{}\"}}}}}}", "x".repeat(2048 - 34)),
-    )
-    .expect("write");
+    let (head, tail) = (r#"{"environment": {"extra": {"X": ""#, r#""}}}"#);
+    let filler = "x".repeat(2048 - head.len() - tail.len());
+    fs::write(big.path(), format!("{head}{filler}{tail}")).expect("write");
     assert_eq!(fs::metadata(big.path()).expect("stat").len(), 2048);
     let example = repo().join("packaging/config.example.json");
     let cases: [(&str, Vec<&str>); 3] = [
