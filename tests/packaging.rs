@@ -26,9 +26,7 @@ fn out(o: &Output) -> String {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let o = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     assert!(o.status.success(), "{cmd:?} failed: {}", out(&o));
     o
 }
@@ -142,7 +140,12 @@ fn rendered_scripts_fit_the_lifecycle_limit_even_at_the_parameters_maximum() {
         ),
         (
             "CloudFormation maxima",
-            vec!["--config", big.path().to_str().expect("utf-8"), "--proxy", &proxy],
+            vec![
+                "--config",
+                big.path().to_str().expect("utf-8"),
+                "--proxy",
+                &proxy,
+            ],
         ),
     ];
     for (what, extra) in cases {
@@ -215,8 +218,10 @@ fn cloudformation_scripts_are_the_lifecycle_scripts_and_cfn_lint_passes() {
     // PyYAML, CloudFormation's short tags as Fn:: keys), Fn::Sub evaluated.
     let cfn_lint = tool("CFN_LINT");
     let python = cfn_lint.parent().expect("venv bin").join("python");
-    let o = run(Command::new(&python).arg("-c").arg(
-        r#"
+    let o = run(Command::new(&python)
+        .arg("-c")
+        .arg(
+            r#"
 import json, sys, yaml
 class L(yaml.SafeLoader): pass
 def tag(loader, suffix, node):
@@ -230,7 +235,8 @@ p = t["Resources"]["LifecycleConfig"]["Properties"]
 print(json.dumps({"on_create": p["OnCreate"][0]["Content"]["Fn::Base64"],
                   "on_start": p["OnStart"][0]["Content"]["Fn::Base64"]["Fn::Sub"]}))
 "#,
-    ).arg(&template));
+        )
+        .arg(&template));
     let scripts: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     let on_create = scripts["on_create"].as_str().expect("on_create");
     assert_eq!(
@@ -294,7 +300,12 @@ fn unit_verifies_under_systemd_and_has_the_required_directives() {
     ] {
         assert!(unit.lines().any(|l| l == d), "missing {d}");
     }
-    for banned in ["ProtectSystem=", "ProtectHome=", "PrivateTmp=", "ReadOnlyPaths="] {
+    for banned in [
+        "ProtectSystem=",
+        "ProtectHome=",
+        "PrivateTmp=",
+        "ReadOnlyPaths=",
+    ] {
         assert!(
             !unit.lines().any(|l| l.starts_with(banned)),
             "{banned} would break drift repair or the audit"
@@ -361,12 +372,9 @@ fn rpm_lists_the_files_gzip_no_requires_and_manages_the_unit() {
     ] {
         assert!(files.lines().any(|l| l == f), "{f} not in: {files}");
     }
-    let comp = stdout(&run(Command::new("rpm").args([
-        "-qp",
-        "--qf",
-        "%{PAYLOADCOMPRESSOR}",
-    ])
-    .arg(&rpm)));
+    let comp = stdout(&run(Command::new("rpm")
+        .args(["-qp", "--qf", "%{PAYLOADCOMPRESSOR}"])
+        .arg(&rpm)));
     assert_eq!(comp, "gzip", "AL2's rpm 4.11 reads gzip payloads only");
     let reqs = stdout(&run(Command::new("rpm").arg("-qpR").arg(&rpm)));
     assert!(
@@ -399,7 +407,13 @@ fn rpm_installs_binary_and_unit_into_a_scratch_root() {
     let o = Command::new("rpm")
         .arg("--root")
         .arg(root.path())
-        .args(["--dbpath", "/var/lib/rpm", "-ivh", "--nodeps", "--noscripts"])
+        .args([
+            "--dbpath",
+            "/var/lib/rpm",
+            "-ivh",
+            "--nodeps",
+            "--noscripts",
+        ])
         .arg(&rpm)
         .output()
         .expect("rpm (run packaging/setup.sh)");
@@ -415,10 +429,12 @@ fn rpm_installs_binary_and_unit_into_a_scratch_root() {
         fs::read(&unit).expect("unit installed"),
         fs::read(repo().join("packaging/notebook-agent.service")).expect("read")
     );
-    let q = run(Command::new("rpm")
-        .arg("--root")
-        .arg(root.path())
-        .args(["--dbpath", "/var/lib/rpm", "-q", "notebook-agent"]));
+    let q = run(Command::new("rpm").arg("--root").arg(root.path()).args([
+        "--dbpath",
+        "/var/lib/rpm",
+        "-q",
+        "notebook-agent",
+    ]));
     assert!(stdout(&q).starts_with("notebook-agent-"), "{}", out(&q));
 }
 
@@ -431,7 +447,15 @@ struct HttpServer {
 impl HttpServer {
     fn start(dir: &Path) -> Self {
         let mut child = Command::new("python3")
-            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
             .arg(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -513,7 +537,12 @@ fn in_wheel(nb: &NotebookRoot, user: &str) -> bool {
         .expect("group")
         .lines()
         .any(|l| {
-            l.starts_with("wheel:") && l.rsplit(':').next().unwrap_or("").split(',').any(|m| m == user)
+            l.starts_with("wheel:")
+                && l.rsplit(':')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .any(|m| m == user)
         })
 }
 
@@ -581,11 +610,21 @@ fn on_start_in_a_notebook_chroot_installs_applies_and_proves() {
         text.contains("systemd is not running") && text.contains("not started"),
         "{text}"
     );
-    for step in ["== fetch", "== verify sha256", "sha256 OK", "== notebook-agent apply", "== notebook-agent status", "compliant", "== done in"] {
+    for step in [
+        "== fetch",
+        "== verify sha256",
+        "sha256 OK",
+        "== notebook-agent apply",
+        "== notebook-agent status",
+        "compliant",
+        "== done in",
+    ] {
         assert!(text.contains(step), "no step line {step:?}: {text}");
     }
     assert!(
-        !written_files(&nb).iter().any(|f| f.starts_with("tmp/notebook-agent-on-start")),
+        !written_files(&nb)
+            .iter()
+            .any(|f| f.starts_with("tmp/notebook-agent-on-start")),
         "work directory left behind"
     );
 }
@@ -623,7 +662,13 @@ fn on_start_fails_closed_when_apply_fails_and_opens_only_when_told() {
 fn on_start_fails_when_the_artifact_cannot_be_fetched() {
     let nb = NotebookRoot::new();
     // Port 9 on loopback: nothing listens (the discard port), connection refused at once.
-    stage_on_start(&nb, "http://127.0.0.1:9/missing.tar.gz", SHA_ZERO, "{}", &[]);
+    stage_on_start(
+        &nb,
+        "http://127.0.0.1:9/missing.tar.gz",
+        SHA_ZERO,
+        "{}",
+        &[],
+    );
     let o = nb.sh("/bin/bash /root/on-start.sh");
     let text = out(&o);
     assert_eq!(o.status.code(), Some(1), "{text}");
