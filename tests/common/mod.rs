@@ -272,6 +272,11 @@ impl NotebookRoot {
         self.merged.to_str().expect("utf-8")
     }
 
+    /// The overlay's upper layer: exactly what was written to the root since it was mounted.
+    pub fn upper(&self) -> PathBuf {
+        self._dir.path().join("upper")
+    }
+
     pub fn write(&self, rel: &str, contents: &str, mode: u32) {
         let p = self.merged.join(rel);
         fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
