@@ -8,40 +8,11 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
-use jsonschema::{Retrieve, Uri, Validator};
+use jsonschema::Validator;
 use notebook_agent::audit::change::{ChangeKind, FileFacts, FsChange, Source};
 use notebook_agent::audit::ocsf::{self, file_activity, path_bytes, to_line, Context};
+use ocsf_common::validator;
 use serde_json::Value;
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ocsf");
-
-/// Resolves `https://notebook-agent.invalid/ocsf/<file>` to the fixture file; nothing else.
-struct Fixtures;
-
-impl Retrieve for Fixtures {
-    fn retrieve(
-        &self,
-        uri: &Uri<String>,
-    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
-        let name = uri
-            .path()
-            .as_str()
-            .strip_prefix("/ocsf/")
-            .ok_or_else(|| format!("not a fixture: {uri}"))?;
-        let text = std::fs::read_to_string(Path::new(FIXTURES).join(name))?;
-        Ok(serde_json::from_str(&text)?)
-    }
-}
-
-fn validator(class: &str) -> Validator {
-    let path = Path::new(FIXTURES).join(format!("{class}.schema.json"));
-    let text = std::fs::read_to_string(&path).expect("schema fixture readable");
-    let schema: Value = serde_json::from_str(&text).expect("schema fixture is JSON");
-    jsonschema::options()
-        .with_retriever(Fixtures)
-        .build(&schema)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 struct Validators {
     fsa: Validator,

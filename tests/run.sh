@@ -32,6 +32,9 @@ cargo test --locked --all-targets
 step "static musl release build"
 tests/check-release.sh
 
+step "release artifacts (tarball, RPM, SHA256SUMS)"
+packaging/build.sh
+
 if [[ -x vm-tests/run ]]; then
   step "booted notebook sandbox"
   vm-tests/run

@@ -33,3 +33,6 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if [[ -x "$here/../vm-tests/setup-host.sh" ]]; then
   "$here/../vm-tests/setup-host.sh"
 fi
+
+# Packaging tools: rpm, cargo-generate-rpm and cfn-lint (cached outside the clone).
+"$here/../packaging/setup.sh"

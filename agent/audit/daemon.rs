@@ -316,10 +316,9 @@ impl Pipeline {
         }
         match serde_json::to_vec_pretty(&self.report) {
             Ok(bytes) => {
-                if let Err(e) = crate::host::safe_write::write_private(
-                    &state_dir.join(DAEMON_STATE),
-                    &bytes,
-                ) {
+                if let Err(e) =
+                    crate::host::safe_write::write_private(&state_dir.join(DAEMON_STATE), &bytes)
+                {
                     tracing::warn!(error = %e, "Cannot write the daemon report.");
                 }
             }
@@ -397,7 +396,10 @@ pub fn run(
         let (writer, reader, report) = spool::open(&opts.spool_dir, opts.spool.clone())
             .map_err(|e| format!("spool {}: {e}", opts.spool_dir.display()))?;
         if report.truncated_bytes > 0 {
-            tracing::warn!(bytes = report.truncated_bytes, "Spool tail truncated at the last good frame.");
+            tracing::warn!(
+                bytes = report.truncated_bytes,
+                "Spool tail truncated at the last good frame."
+            );
         }
         for a in &report.anomalies {
             if a.suspicious() {
@@ -428,8 +430,8 @@ pub fn run(
         (Sink::Spool(writer), baseline, Some(opts.spool_dir.clone()))
     };
 
-    let (watcher, out_rx, info) = Watcher::start(opts.watch.clone(), baseline)
-        .map_err(|e| format!("watch: {e}"))?;
+    let (watcher, out_rx, info) =
+        Watcher::start(opts.watch.clone(), baseline).map_err(|e| format!("watch: {e}"))?;
     let (hash_in, hash_out) =
         Hasher::spawn(opts.hash.clone()).map_err(|e| format!("hasher thread: {e}"))?;
     tracing::info!(
@@ -497,7 +499,10 @@ pub fn run(
     p.sink.sync()?;
     if let Sink::Spool(w) = &p.sink {
         if let Some(d) = w.pending_drops() {
-            tracing::error!(dropped = d.count, "Spool full at stop: events were dropped and could not be recorded in the spool.");
+            tracing::error!(
+                dropped = d.count,
+                "Spool full at stop: events were dropped and could not be recorded in the spool."
+            );
         }
     }
     p.report.stopped_ms = Some(now_ms());
@@ -517,7 +522,9 @@ fn pump(
 ) -> Result<std::thread::JoinHandle<()>, String> {
     let mut watcher = Some(watcher);
     let mut stopper = None;
-    let mut next_snapshot = Instant::now() + opts.snapshot_every;
+    // The first snapshot right away: the tree as this start found it, so a crash before the
+    // first periodic save still has a baseline for the next catch-up.
+    let mut next_snapshot = Instant::now();
     let mut next_report = Instant::now() + opts.report_every;
     loop {
         if stopper.is_none() && stop.load(Ordering::SeqCst) {

@@ -40,7 +40,9 @@ pub fn restart_jupyter(ctx: &Context<'_>, when_changed: Vec<PathBuf>) -> Option<
     if when_changed.is_empty() {
         return None;
     }
-    restart_unit_exists(ctx.root).then(|| Action::Run {
+    // Only when systemd runs (not in a chroot or an image build).
+    let running = ctx.root.path("/run/systemd/system").is_dir();
+    (running && restart_unit_exists(ctx.root)).then(|| Action::Run {
         command: HostCommand::new("systemctl", ["--no-block", "restart", JUPYTER_UNIT]),
         reason: "running processes keep old groups and environment".to_string(),
         when_changed,

@@ -2,7 +2,7 @@
 //! every event kind (fixed event uids, so the documentation can be compared byte for byte).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use notebook_agent::audit::change::{
     AgentEvent, ChangeKind, ControlFailure, FileFacts, FileKind, FsChange, Source,
@@ -239,4 +239,52 @@ pub fn examples(ctx: &Context) -> Vec<(&'static str, &'static str, Value)> {
         seq += 1;
     }
     out
+}
+
+// JSON Schemas of the OCSF classes the agent emits (tests/fixtures/ocsf).
+use jsonschema::{Retrieve, Uri, Validator};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ocsf");
+
+/// Resolves `https://notebook-agent.invalid/ocsf/<file>` to the fixture file; nothing else.
+pub struct Fixtures;
+
+impl Retrieve for Fixtures {
+    fn retrieve(
+        &self,
+        uri: &Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let name = uri
+            .path()
+            .as_str()
+            .strip_prefix("/ocsf/")
+            .ok_or_else(|| format!("not a fixture: {uri}"))?;
+        let text = std::fs::read_to_string(Path::new(FIXTURES).join(name))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+pub fn validator(class: &str) -> Validator {
+    let path = Path::new(FIXTURES).join(format!("{class}.schema.json"));
+    let text = std::fs::read_to_string(&path).expect("schema fixture readable");
+    let schema: Value = serde_json::from_str(&text).expect("schema fixture is JSON");
+    jsonschema::options()
+        .with_retriever(Fixtures)
+        .build(&schema)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Schema errors of one record, by its `class_uid`.
+pub fn schema_errors(record: &Value) -> Vec<String> {
+    let class = match record["class_uid"].as_u64() {
+        Some(1001) => "file_system_activity",
+        Some(1008) => "event_log_activity",
+        Some(2003) => "compliance_finding",
+        Some(6002) => "application_lifecycle",
+        other => return vec![format!("no schema for class_uid {other:?}")],
+    };
+    validator(class)
+        .iter_errors(record)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
 }
