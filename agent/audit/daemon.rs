@@ -476,7 +476,7 @@ pub fn run(
 
     // The watcher has flushed and sent its last snapshot; finish the hashes and write everything.
     p.hash_in = None;
-    while matches!(p.order.front(), Some(_)) {
+    while !p.order.is_empty() {
         p.collect();
         let before = p.order.len();
         p.write_ready()?;
