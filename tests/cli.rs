@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{agent, stderr, stdout, TempRoot};
+use common::{agent, stdout};
 
 #[test]
 fn help_documents_every_command_and_exit_code() {
