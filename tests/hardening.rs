@@ -203,6 +203,8 @@ fn proxy_reaches_every_tool_and_no_proxy_always_has_loopback_and_imds() {
         "[Service]\nExecStart=/bin/true\n",
         0o644,
     );
+    // systemd "runs" in this root: units are reloaded and Jupyter restarted.
+    t.mkdir("run/systemd/system");
     let out = agent(&["apply", "--root", root_arg(&t)]);
     assert_eq!(
         out.status.code(),
