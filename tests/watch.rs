@@ -360,6 +360,12 @@ fn kill_9_loses_nothing_spooled_and_the_restart_reports_what_changed_while_down(
         .filter(|(_, r)| r["class_uid"] == 6002 && r["activity_id"] == 4)
         .count();
     assert_eq!((started, stopped), (2, 1), "killed once, stopped once");
+    let tamper: Vec<&Value> = records
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.to_string().contains("tampered"))
+        .collect();
+    assert!(tamper.is_empty(), "a crash is not tampering: {tamper:#?}");
     let spool_mode = std::fs::metadata(&spool_dir)
         .expect("spool")
         .permissions()
@@ -490,4 +496,26 @@ fn a_full_spool_counts_its_drops_and_records_them_when_room_returns() {
         report.events_written, report.events_dropped
     );
     let _ = PathBuf::new();
+}
+
+#[test]
+fn deleting_the_snapshot_or_a_spool_segment_is_recorded_as_tampering() {
+    let t = TempRoot::amazon_linux();
+    let sm = t.join(SM);
+    let spool_dir = sm.join(".notebook-agent");
+    let d = Daemon::start(&t, false);
+    std::fs::write(sm.join("a.txt"), "x").expect("write");
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = d.stop();
+    std::fs::remove_file(spool_dir.join("watch.snapshot")).expect("rm snapshot");
+    let d = Daemon::start(&t, false);
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = d.stop();
+    let records = read_spool(&spool_dir);
+    let tamper: Vec<String> = records
+        .iter()
+        .map(|(_, r)| r.to_string())
+        .filter(|r| r.contains("tampered") && r.contains("watch snapshot missing"))
+        .collect();
+    assert_eq!(tamper.len(), 1, "{records:#?}");
 }

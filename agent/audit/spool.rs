@@ -629,6 +629,8 @@ pub fn open(
             ack_present = true;
         } else if name == ACK_TMP {
             dir.unlink(ACK_TMP)?;
+        } else if name == super::snapshot::SNAPSHOT_FILE || name.starts_with(".watch.snapshot.") {
+            // The daemon keeps the watch snapshot beside the spool (same persistent volume).
         } else {
             anomalies.push(Anomaly::UnexpectedEntry { name });
         }
