@@ -4,3 +4,4 @@
 //! records → `spool` keeps them durably until the shipper has them acknowledged by CloudWatch.
 
 pub mod change;
+pub mod shipper;
