@@ -8,6 +8,7 @@ pub mod change;
 pub mod daemon;
 pub mod hash;
 pub mod ocsf;
+pub mod shipper;
 pub mod snapshot;
 pub mod spool;
 pub mod watcher;
