@@ -162,6 +162,17 @@ pub enum AgentEvent {
         first_ms: i64,
         last_ms: i64,
     },
+    /// Records the shipper could not deliver to CloudWatch Logs as they are (kept in the dead-letter
+    /// file `shipper-rejected.jsonl` in the state directory), or a delivery fact worth an audit
+    /// trail (log group or stream created). `what`: `rejected_locally`, `rejected_by_service`,
+    /// `batch_rejected`, `truncated`, `destination_created`.
+    Delivery {
+        what: String,
+        detail: String,
+        count: u64,
+        first_seq: u64,
+        last_seq: u64,
+    },
     /// The spool or snapshot was tampered with (renamed, deleted, truncated, corrupt frames).
     SpoolTamper {
         path: PathBuf,

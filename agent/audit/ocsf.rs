@@ -625,6 +625,30 @@ pub fn agent_event_with_uid(
             );
             Value::Object(r)
         }
+        AgentEvent::Delivery {
+            what,
+            detail,
+            count,
+            first_seq,
+            last_seq,
+        } => {
+            let msg = format!("Delivery to CloudWatch Logs: {what}: {detail}");
+            let (severity, status) = if what == "destination_created" {
+                (1, 1)
+            } else {
+                (4, 2)
+            };
+            let mut r = event_log(
+                ctx, "Delivery", severity, time_ms, msg, seq, uid, status, actor,
+            );
+            r.insert("count".into(), json!(count));
+            r.insert("status_detail".into(), json!(what));
+            r.insert(
+                "unmapped".into(),
+                json!({"what": what, "detail": detail, "first_seq": first_seq, "last_seq": last_seq}),
+            );
+            Value::Object(r)
+        }
         AgentEvent::SpoolTamper { path, what } => {
             let msg = format!("Audit spool tampered with: {} {what}", display(path));
             let mut r = event_log(ctx, "Tamper", 4, time_ms, msg, seq, uid, 1, actor);

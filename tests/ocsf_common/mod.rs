@@ -160,6 +160,17 @@ pub fn agent_examples() -> Vec<(&'static str, &'static str, AgentEvent)> {
             },
         ),
         (
+            "delivery-rejected",
+            "CloudWatch Logs rejected events as too old; they are kept in the dead-letter file.",
+            AgentEvent::Delivery {
+                what: "rejected_by_service".into(),
+                detail: "2 too old, 0 too new, 0 expired; kept in shipper-rejected.jsonl".into(),
+                count: 2,
+                first_seq: 4711,
+                last_seq: 4712,
+            },
+        ),
+        (
             "spool-tamper",
             "A spool segment was deleted behind the agent's back.",
             AgentEvent::SpoolTamper {
