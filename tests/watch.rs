@@ -4,6 +4,8 @@
 //! down; a 50,000-file burst is accounted for; a full spool counts its drops and says so.
 
 mod common;
+#[path = "shipper_fixtures/moto.rs"]
+mod moto;
 #[path = "ocsf_common/mod.rs"]
 mod ocsf_common;
 
@@ -26,10 +28,25 @@ use serde_json::Value;
 
 const SM: &str = "home/ec2-user/SageMaker";
 
+/// Spool-mode tests that are not about shipping: CloudWatch is a closed loopback port (nothing
+/// is delivered, nothing leaves the machine) and the stop drain is 1 s.
+const NO_SHIPPING: &str = r#"{"audit": {"endpoint_url": "http://127.0.0.1:9", "drain_secs": 1}}"#;
+
 /// The binary running `watch`, its stdout collected line by line.
 struct Daemon {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    stopped: bool,
+}
+
+impl Drop for Daemon {
+    /// A failing test must not leave a daemon behind.
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Daemon {
@@ -56,7 +73,11 @@ impl Daemon {
                 sink.lock().expect("lock").push(line);
             }
         });
-        Self { child, lines }
+        Self {
+            child,
+            lines,
+            stopped: false,
+        }
     }
 
     fn records(&self) -> Vec<Value> {
@@ -103,6 +124,7 @@ impl Daemon {
     fn stop(mut self) -> Vec<Value> {
         self.signal(Signal::SIGTERM);
         let status = self.child.wait().expect("wait");
+        self.stopped = true;
         assert_eq!(status.code(), Some(0), "watch exits 0 on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
         self.records()
@@ -286,6 +308,7 @@ fn source(r: &Value) -> &str {
 #[test]
 fn kill_9_loses_nothing_spooled_and_the_restart_reports_what_changed_while_down() {
     let t = TempRoot::amazon_linux();
+    t.write("etc/notebook-agent/config.json", NO_SHIPPING, 0o600);
     let sm = t.join(SM);
     let spool_dir = sm.join(".notebook-agent");
     std::fs::write(sm.join("before-first-start.txt"), "x").expect("write");
@@ -305,6 +328,7 @@ fn kill_9_loses_nothing_spooled_and_the_restart_reports_what_changed_while_down(
     d.signal(Signal::SIGKILL);
     let mut d = d;
     let _ = d.child.wait();
+    d.stopped = true;
 
     // While the agent is down.
     for i in 0..10 {
@@ -442,7 +466,8 @@ fn a_full_spool_counts_its_drops_and_records_them_when_room_returns() {
     let stop2 = Arc::clone(&stop);
     let daemon = std::thread::spawn(move || {
         daemon::run(&root, opts, stop2, move |r| {
-            *slot.lock().expect("lock") = Some(r)
+            *slot.lock().expect("lock") = Some(r);
+            None
         })
         .expect("daemon")
     });
@@ -501,6 +526,7 @@ fn a_full_spool_counts_its_drops_and_records_them_when_room_returns() {
 #[test]
 fn deleting_the_snapshot_or_a_spool_segment_is_recorded_as_tampering() {
     let t = TempRoot::amazon_linux();
+    t.write("etc/notebook-agent/config.json", NO_SHIPPING, 0o600);
     let sm = t.join(SM);
     let spool_dir = sm.join(".notebook-agent");
     let d = Daemon::start(&t, false);
@@ -518,4 +544,82 @@ fn deleting_the_snapshot_or_a_spool_segment_is_recorded_as_tampering() {
         .filter(|r| r.contains("tampered") && r.contains("watch snapshot missing"))
         .collect();
     assert_eq!(tamper.len(), 1, "{records:#?}");
+}
+
+#[test]
+fn the_daemon_ships_every_record_to_cloudwatch_logs_in_moto_exactly_once() {
+    let moto = moto::Moto::start();
+    let t = TempRoot::amazon_linux();
+    t.write(
+        "etc/notebook-agent/config.json",
+        &format!(
+            r#"{{"audit": {{"endpoint_url": "{}", "region": "{}", "flush_ms": 200, "drain_secs": 10}}}}"#,
+            moto.endpoint(),
+            moto::REGION
+        ),
+        0o600,
+    );
+    let sm = t.join(SM);
+    let group = "/aws/sagemaker/NotebookInstances";
+    let stream = "test-nb/audit";
+    let d = Daemon::start(&t, false);
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..50 {
+        std::fs::write(sm.join(format!("nb{i}.ipynb")), "{}").expect("write");
+    }
+    // Arrives while the daemon runs (flush 200 ms), not only at the stop drain.
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while Instant::now() < until {
+        // The group does not exist until the first put: the fixture panics on that, so ask again.
+        got = std::panic::catch_unwind(|| moto::read_back(moto.port, group, stream))
+            .unwrap_or_default();
+        if got.len() > 50 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        got.len() > 50,
+        "Started + 50 creates in moto while running: {}",
+        got.len()
+    );
+    let _ = d.stop();
+    let events = moto::read_back(moto.port, group, stream);
+    let seqs = moto::sequences(&events);
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "every record once, in order"
+    );
+    let records: Vec<Value> = events
+        .iter()
+        .map(|(_, m)| serde_json::from_str(m).expect("JSON"))
+        .collect();
+    for i in 0..50 {
+        let rel = format!("nb{i}.ipynb");
+        assert_eq!(
+            records
+                .iter()
+                .filter(|r| is_file_event(r, 1, &rel, &sm))
+                .count(),
+            1,
+            "{rel}"
+        );
+    }
+    assert!(
+        records
+            .last()
+            .is_some_and(|r| r["class_uid"] == 6002 && r["activity_id"] == 4),
+        "the stop record was drained to CloudWatch too"
+    );
+    let shipper: Value = serde_json::from_slice(
+        &std::fs::read(t.join("var/lib/notebook-agent/shipper.json")).expect("shipper.json"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        shipper["shipped"].as_u64(),
+        Some(seqs.len() as u64),
+        "{shipper:#}"
+    );
 }

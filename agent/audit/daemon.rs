@@ -378,17 +378,19 @@ pub fn ocsf_context(root: &Root) -> OcsfContext {
 }
 
 /// Runs until `stop` is set (by a signal or the caller). The spool reader, for the shipper, is
-/// handed to `ship` once the spool is open.
+/// handed to `ship` once the spool is open; agent events it sends back (delivery problems) are
+/// recorded in the spool in the order they arrive.
 pub fn run(
     root: &Root,
     opts: Options,
     stop: Arc<AtomicBool>,
-    ship: impl FnOnce(SpoolReader),
+    ship: impl FnOnce(SpoolReader) -> Option<Receiver<AgentEvent>>,
 ) -> Result<DaemonReport, String> {
     let started = now_ms();
     let ctx = ocsf_context(root);
     let mut startup_events = Vec::new();
 
+    let mut extra = None;
     let (sink, baseline, persist_dir) = if opts.stdout {
         let out = std::io::BufWriter::new(std::io::stdout());
         (Sink::Stdout { seq: 0, out }, None, None)
@@ -409,7 +411,7 @@ pub fn run(
                 });
             }
         }
-        ship(reader);
+        extra = ship(reader);
         // The snapshot: a missing one on the very first start (nothing spooled yet) means no
         // baseline; missing afterwards, or corrupt, is tampering and everything is reported.
         let (baseline, tamper) = match Snapshot::load(&opts.spool_dir) {
@@ -472,7 +474,12 @@ pub fn run(
     p.sink.sync()?;
     p.save_report(&opts.state_dir);
 
-    let stopper = pump(&mut p, watcher, &out_rx, &stop, &opts)?;
+    let stopper = pump(&mut p, watcher, &out_rx, extra.as_ref(), &stop, &opts)?;
+    if let Some(rx) = &extra {
+        while let Ok(ev) = rx.try_recv() {
+            p.agent(ev);
+        }
+    }
 
     // The watcher has flushed and sent its last snapshot; finish the hashes and write everything.
     p.hash_in = None;
@@ -517,6 +524,7 @@ fn pump(
     p: &mut Pipeline,
     watcher: Watcher,
     out_rx: &Receiver<Output>,
+    extra: Option<&Receiver<AgentEvent>>,
     stop: &AtomicBool,
     opts: &Options,
 ) -> Result<std::thread::JoinHandle<()>, String> {
@@ -565,6 +573,11 @@ fn pump(
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(rx) = extra {
+            while let Ok(ev) = rx.try_recv() {
+                p.agent(ev);
+            }
         }
         p.collect();
         p.write_ready()?;

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod hash;
 pub mod ocsf;
 pub mod shipper;
+pub mod shipping;
 pub mod snapshot;
 pub mod spool;
 pub mod watcher;

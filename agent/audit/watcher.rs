@@ -1332,6 +1332,7 @@ impl Processor {
         let Some((kind, _)) = self.pending.remove(path) else {
             return;
         };
+        let known = self.state.get(path).cloned();
         let facts = match lstat_facts(path) {
             Ok(f) if self.state.get(path).is_none_or(|k| k.inode == f.inode) => {
                 self.state.insert(path.to_path_buf(), f.clone());
@@ -1343,6 +1344,16 @@ impl Processor {
             PendKind::Create => ChangeKind::Create,
             PendKind::Update => ChangeKind::Update,
         };
+        // A write already reported: a rescan (after an overflow) saw the file as it is now and
+        // reported it; the queued IN_MODIFY/IN_CLOSE_WRITE of that same write must not add an
+        // Update. Same inode, size and mtime as last reported = nothing new to report.
+        if kind == ChangeKind::Update {
+            if let (Some(k), Some(f)) = (&known, &facts) {
+                if k.inode == f.inode && k.size == f.size && k.mtime_ms == f.mtime_ms {
+                    return;
+                }
+            }
+        }
         self.change(kind, path.to_path_buf(), facts);
     }
 }

@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::audit::daemon::{self, Options};
+use crate::audit::shipping::Shipping;
 use crate::exit::Exit;
 
 use super::{Cli, Failure, Globals};
@@ -29,11 +30,24 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
         return Ok(Exit::Ok);
     }
     let opts = Options::from_config(&g.root, &g.config, args.stdout);
-    let report = daemon::run(&g.root, opts, stop, |_reader| {
-        // The shipper (CloudWatch Logs) takes the reader here; until it lands, records stay
-        // in the spool, acknowledged by nobody.
-    })
-    .map_err(|e| Failure::Runtime(format!("watch: {e}")))?;
+    let mut shipping = None;
+    let report = daemon::run(&g.root, opts, stop, |reader| {
+        match Shipping::start(&g.root, &g.config, reader) {
+            Ok((s, events)) => {
+                shipping = Some(s);
+                Some(events)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Not shipping to CloudWatch Logs; records stay in the spool.");
+                None
+            }
+        }
+    });
+    // Whatever happened to the pipeline, let the shipper drain what the spool holds.
+    if let Some(s) = shipping {
+        s.stop();
+    }
+    let report = report.map_err(|e| Failure::Runtime(format!("watch: {e}")))?;
     tracing::info!(
         events = report.events_written,
         dropped = report.events_dropped,

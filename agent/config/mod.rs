@@ -225,6 +225,11 @@ pub struct AuditConfig {
     /// Longest wait before a partial batch is shipped, in milliseconds. Default 1000.
     #[serde(default = "default_flush_ms")]
     pub flush_ms: u64,
+    /// At stop (SIGTERM), how long the shipper keeps sending what the spool holds, in seconds;
+    /// the rest waits in the spool for the next start. Default 20; at most 25 (the unit's
+    /// `TimeoutStopSec` is 30).
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: u64,
 }
 
 impl Default for AuditConfig {
@@ -244,12 +249,16 @@ impl Default for AuditConfig {
             spool_max_bytes: default_spool_max_bytes(),
             heartbeat_secs: default_heartbeat_secs(),
             flush_ms: default_flush_ms(),
+            drain_secs: default_drain_secs(),
         }
     }
 }
 
 fn default_excludes() -> Vec<String> {
     vec![".ipynb_checkpoints".to_string(), ".Trash-*".to_string()]
+}
+fn default_drain_secs() -> u64 {
+    20
 }
 fn default_hash_max_bytes() -> u64 {
     100 * 1024 * 1024

@@ -178,6 +178,12 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     if let Some(dir) = &a.spool_dir {
         p.check("audit.spool_dir", absolute_path(dir));
     }
+    if a.drain_secs > 25 {
+        p.push(
+            "audit.drain_secs",
+            "must be at most 25 (the unit's TimeoutStopSec is 30)",
+        );
+    }
     if a.spool_max_bytes < 1024 * 1024 {
         p.push("audit.spool_max_bytes", "must be at least 1048576 (1 MiB)");
     }

@@ -161,6 +161,7 @@ impl ShipperConfig {
         c.retention_days = audit.retention_days;
         c.kms_key_id = audit.kms_key_id.clone();
         c.flush = Duration::from_millis(audit.flush_ms.max(1));
+        c.drain_timeout = Duration::from_secs(audit.drain_secs);
         c.limits = Limits::for_retention(audit.retention_days);
         Ok(c)
     }
