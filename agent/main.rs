@@ -6,6 +6,11 @@ use clap::Parser;
 use notebook_agent::cli::{self, Cli};
 use notebook_agent::exit::Exit;
 
+/// mimalloc instead of musl's allocator: under a file burst musl's malloc and its lock took about a
+/// third of the daemon's CPU (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

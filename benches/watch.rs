@@ -148,6 +148,7 @@ fn throughput(base: &Path, n: usize) -> Res<Throughput> {
         .spawn(move || {
             daemon::run(&root, opts, stop2, move |r| {
                 let _ = tx.send(r);
+                None
             })
         })?;
     let mut reader = rx.recv_timeout(Duration::from_secs(30))?;

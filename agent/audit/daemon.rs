@@ -167,7 +167,7 @@ enum Item {
     /// The next change out of the hasher.
     Hashed,
     Agent(AgentEvent, i64),
-    Snapshot(Box<Snapshot>),
+    Snapshot(Vec<u8>),
 }
 
 /// The running pipeline's state on this thread.
@@ -278,14 +278,14 @@ impl Pipeline {
     }
 
     /// Sync, then save the snapshot: it never gets ahead of the spool.
-    fn persist(&mut self, snap: &Snapshot) -> Result<(), String> {
+    fn persist(&mut self, snap: &[u8]) -> Result<(), String> {
         let Some(dir) = self.persist_dir.clone() else {
             return Ok(());
         };
         self.sink.sync()?;
-        match snap.save(&dir) {
+        match super::snapshot::save_encoded(snap, &dir) {
             Ok(path) => {
-                tracing::debug!(path = %path.display(), entries = snap.len(), "Saved the watch snapshot.")
+                tracing::debug!(path = %path.display(), bytes = snap.len(), "Saved the watch snapshot.")
             }
             Err(e) => {
                 tracing::error!(dir = %dir.display(), error = %e, "Cannot save the watch snapshot; the next start may report changes twice.")

@@ -129,10 +129,11 @@ pub enum WatchError {
 pub enum Output {
     Change(FsChange),
     Agent(AgentEvent),
-    /// The in-memory tree, in order with the changes: every change it reflects was sent before it.
-    /// Sent on [`Watcher::request_snapshot`] and as the last output at stop (after pending writes
-    /// and moves are flushed), so the daemon can persist it once everything before it is durable.
-    Snapshot(Box<Snapshot>),
+    /// The in-memory tree encoded ([`Snapshot::encode`]), in order with the changes: every change
+    /// it reflects was sent before it. Sent on [`Watcher::request_snapshot`] and as the last output
+    /// at stop (after pending writes and moves are flushed), so the daemon can persist it once
+    /// everything before it is durable.
+    Snapshot(Vec<u8>),
 }
 
 /// Counters for `status` and the `Started` event.
@@ -530,10 +531,8 @@ impl Processor {
                     let _ = tx.send(self.stats());
                 }
                 Ok(Msg::SnapshotInline) => {
-                    let snap = Snapshot {
-                        entries: self.state.clone(),
-                    };
-                    self.emit(Output::Snapshot(Box::new(snap)));
+                    let bytes = self.encode_state();
+                    self.emit(Output::Snapshot(bytes));
                 }
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {
@@ -543,6 +542,16 @@ impl Processor {
             }
             self.expire(Instant::now());
         }
+    }
+
+    /// The tree encoded as a snapshot, without copying it.
+    fn encode_state(&mut self) -> Vec<u8> {
+        let snap = Snapshot {
+            entries: std::mem::take(&mut self.state),
+        };
+        let bytes = snap.encode();
+        self.state = snap.entries;
+        bytes
     }
 
     fn stats(&self) -> WatchStats {
@@ -579,10 +588,8 @@ impl Processor {
         for m in moves {
             self.moved_out(&m.from);
         }
-        let snap = Snapshot {
-            entries: self.state.clone(),
-        };
-        self.emit(Output::Snapshot(Box::new(snap)));
+        let bytes = self.encode_state();
+        self.emit(Output::Snapshot(bytes));
         if let Some(ino) = &self.inotify {
             for wd in self.wd_path.keys() {
                 let _ = ino.rm_watch(*wd);
