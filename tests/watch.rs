@@ -623,3 +623,76 @@ fn the_daemon_ships_every_record_to_cloudwatch_logs_in_moto_exactly_once() {
         "{shipper:#}"
     );
 }
+
+#[test]
+fn status_reports_the_daemon_and_shipping_where_the_unit_is_installed() {
+    let t = TempRoot::amazon_linux();
+    t.write(
+        "etc/notebook-agent/config.json",
+        r#"{"root_access": {"enabled": false},
+            "audit": {"endpoint_url": "http://127.0.0.1:9", "drain_secs": 1}}"#,
+        0o600,
+    );
+    let r = t.path().to_str().expect("utf-8");
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+
+    // Without the unit: the audit rows are informational.
+    let s = common::agent(&["status", "--root", r]);
+    assert_eq!(s.status.code(), Some(0), "{}", text(&s));
+    assert!(
+        text(&s).contains("notebook-agent.service is not installed"),
+        "{}",
+        text(&s)
+    );
+
+    t.write(
+        "etc/systemd/system/notebook-agent.service",
+        "[Service]\n",
+        0o644,
+    );
+    let s = common::agent(&["status", "--root", r]);
+    assert_eq!(
+        s.status.code(),
+        Some(4),
+        "controls pass, daemon never ran: {}",
+        text(&s)
+    );
+    assert!(text(&s).contains("never ran"), "{}", text(&s));
+
+    let d = Daemon::start(&t, false);
+    let state = t.join("var/lib/notebook-agent");
+    let until = Instant::now() + Duration::from_secs(10);
+    while !(state.join("daemon.json").exists() && state.join("shipper.json").exists())
+        && Instant::now() < until
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = common::agent(&["status", "--root", r]);
+    assert_eq!(s.status.code(), Some(0), "{}", text(&s));
+    let row = |name: &str| {
+        text(&s)
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        row("Audit daemon").contains("PASS") && row("Audit daemon").contains("pid"),
+        "{}",
+        text(&s)
+    );
+    assert!(
+        row("Shipping").contains("PASS") && row("Shipping").contains("bytes unshipped"),
+        "{}",
+        text(&s)
+    );
+    let json = common::agent(&["status", "--json", "--root", r]);
+    let v: Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(v["audit_healthy"], true, "{v:#}");
+    assert_eq!(v["audit"][0]["control"], "audit_daemon");
+
+    let _ = d.stop();
+    let s = common::agent(&["status", "--root", r]);
+    assert_eq!(s.status.code(), Some(4), "{}", text(&s));
+    assert!(text(&s).contains("stopped"), "{}", text(&s));
+}

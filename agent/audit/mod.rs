@@ -7,6 +7,7 @@
 pub mod change;
 pub mod daemon;
 pub mod hash;
+pub mod health;
 pub mod ocsf;
 pub mod shipper;
 pub mod shipping;

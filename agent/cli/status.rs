@@ -21,7 +21,11 @@ struct StatusReport<'a> {
     version: u32,
     agent_version: &'static str,
     compliant: bool,
+    /// The audit daemon and shipping rows allow exit 0 (PASS, or NOT_CONFIGURED where the unit
+    /// is not installed).
+    audit_healthy: bool,
     controls: &'a [Finding],
+    audit: &'a [Finding],
 }
 
 pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
@@ -33,13 +37,17 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
     let compliant = findings
         .iter()
         .all(|f| matches!(f.status, Status::Pass | Status::NotConfigured));
+    let audit = crate::audit::health::findings(&g.root, &g.config, crate::audit::change::now_ms());
+    let audit_healthy = crate::audit::health::healthy(&audit);
     let redactor = g.config.redactor();
     if args.json {
         let report = StatusReport {
             version: 1,
             agent_version: env!("CARGO_PKG_VERSION"),
             compliant,
+            audit_healthy,
             controls: &findings,
+            audit: &audit,
         };
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Failure::Runtime(format!("status: {e}")))?;
@@ -47,12 +55,13 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
     } else {
         let w = findings
             .iter()
+            .chain(&audit)
             .map(|f| f.title.len())
             .chain([16])
             .max()
             .unwrap_or(16);
         println!("{:<w$} {:<14} EVIDENCE", "CONTROL", "STATUS");
-        for f in &findings {
+        for f in findings.iter().chain(&audit) {
             println!(
                 "{:<w$} {:<14} {}",
                 f.title,
@@ -61,9 +70,12 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
             );
         }
     }
-    Ok(if compliant {
-        Exit::Ok
-    } else {
+    // 3 wins over 4 (DESIGN.md).
+    Ok(if !compliant {
         Exit::NonCompliant
+    } else if !audit_healthy {
+        Exit::DaemonUnhealthy
+    } else {
+        Exit::Ok
     })
 }

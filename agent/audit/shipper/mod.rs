@@ -259,7 +259,8 @@ impl<S: SpoolSource> Shipper<S> {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let backoff = Backoff::new(cfg.backoff_base, cfg.backoff_cap);
-        let next_persist = Instant::now() + cfg.stats_every;
+        // Counters on disk from the start: `status` reads them.
+        let next_persist = Instant::now();
         let stats = Stats::load(&cfg.state_dir)
             .ok()
             .flatten()
