@@ -122,7 +122,7 @@ smoke_private_network() {
     want_routes="${INFRA_HOST_ADDR%.1}.0/30 dev eth0 proto kernel scope link src $INFRA_GUEST_ADDR"
   fi
   links=$(sandbox_exec ip -o link show | awk -F': ' '{print $2}' | sed 's/@if[0-9]*$/@if/')
-  routes=$(sandbox_exec ip -4 route show table all | grep -v '^local \|^broadcast ' || true)
+  routes=$(sandbox_exec ip -4 route show table all | grep -v '^local \|^broadcast ' | sed 's/ *$//' || true)
   echo "links: $links"; echo "routes: $routes"
   [[ $links == "$want_links" ]] && [[ $routes == "$want_routes" ]] &&
     [[ -z $(sandbox_exec ip -6 route show table all 2>/dev/null | grep -v '^local \|^multicast \|^anycast ' || true) ]]
