@@ -250,7 +250,16 @@ check lc-on-create-exit-0 lc_lifecycle_script on-create
 check lc-on-start-exit-0 lc_lifecycle_script on-start
 sed -n '/notebook-agent on-start: == notebook-agent status/,$p' "$INFRA_STATE/on-start.log" | sed 's/^/     /'
 check lc-agent-daemon-active sandbox_exec systemctl is-active notebook-agent.service
-check lc-agent-credentials-from-imds grep -qE "$INFRA_GUEST_ADDR .*GET /latest/meta-data/iam/security-credentials/.* 200" "$INFRA_STATE/imds.log"
+# The SDK's default chain fetches the role's credentials lazily, at the first shipment.
+lc_agent_used_imds() {
+  local i re="$INFRA_GUEST_ADDR \"GET /latest/meta-data/iam/security-credentials/[a-z-]+ HTTP/1.1\" 200"
+  for ((i = 0; i < 40; i++)); do
+    grep -E "$re" "$INFRA_STATE/imds.log" && return 0
+    sleep 0.25
+  done
+  echo "no credentials request in the fake IMDS's log:"; tail -n 5 "$INFRA_STATE/imds.log"; return 1
+}
+check lc-agent-credentials-from-imds lc_agent_used_imds
 
 lc_step "the data scientist: su -l (like jupyter-server) and a non-login shell (a Jupyter terminal)"
 check lc-login-sudo-denied lc_sudo_denied lc_as_login
