@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what the booted notebook sandbox needs on a Debian 12 host.
+# Install what the booted notebook sandbox needs on a Debian 12 host. (The Python venvs for
+# moto/awscli and pypiserver, and the mirror's wheels, are made by lib/infra.sh's infra_setup.)
 # Idempotent: silent and network-free when everything is already present;
 # runs `apt-get update` only when a package is missing.
 set -euo pipefail
@@ -15,6 +16,7 @@ declare -A NEEDED=(
   [sha256sum]=coreutils
   [curl]=curl
   [shellcheck]=shellcheck
+  [squid]=squid            # the notebook's proxy (vm-tests/lib/infra.sh runs its own instance)
 )
 # Packages that provide no command we can probe for.
 EXTRA_PKGS=(python3-venv debian-archive-keyring ca-certificates)
@@ -41,4 +43,8 @@ echo "setup-host.sh: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The package enables a system-wide squid on *:3128; the tests run their own on a test address.
+if printf '%s\n' "${missing[@]}" | grep -qx squid && [[ -d /run/systemd/system ]]; then
+  systemctl disable --now squid.service >/dev/null 2>&1 || true
+fi
 echo "setup-host.sh: done" >&2

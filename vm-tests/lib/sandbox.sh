@@ -9,8 +9,10 @@
 #   sandbox_login_as ec2-user 'sudo -n true'                # string, through `su -l` (profile.d applies)
 #   sandbox_poweroff                    # clean shutdown, then sandbox_cleanup removes the run dir
 #
-# The container runs with --private-network (loopback only): nothing inside can
-# reach 169.254.169.254 or any other address. The system volume (the overlay's
+# The container runs in its own network namespace: with $SANDBOX_NETNS_PATH (made by
+# lib/infra.sh) that is lo plus one veth to the test services on the host side, with no
+# default route; without it, --private-network (loopback only). Either way nothing inside
+# can reach 169.254.169.254 or any address outside this machine. The system volume (the overlay's
 # upper dir) is thrown away per run; $SANDBOX_VOLUME is persistent and mounted
 # at /home/ec2-user/SageMaker, like a notebook's EBS volume.
 #
@@ -87,6 +89,8 @@ _sandbox_save_state() {
       SANDBOX_MACHINE SANDBOX_OVERLAY SANDBOX_VOLUME; do
     printf '%s=%q\n' "$v" "${!v}"
   done >"$SANDBOX_RUN_DIR/state"
+  # What vm-tests/run --stop also has to undo: the network slot (lib/infra.sh) and a per-run volume.
+  printf 'INFRA_IDX=%q\nRUN_VOLUME=%q\n' "${INFRA_IDX:-}" "${RUN_VOLUME:-}" >>"$SANDBOX_RUN_DIR/state"
 }
 
 # Re-attach to a sandbox left running (run --keep) from another shell.
@@ -110,8 +114,12 @@ _sandbox_find_leader() {
 sandbox_boot() {
   [[ -n $SANDBOX_ROOT ]] || sandbox_prepare
   local log=$SANDBOX_RUN_DIR/console.log i state
+  # The network: a namespace prepared by lib/infra.sh (a veth to the host-side services, no
+  # default route), else loopback only.
+  local net=--private-network
+  [[ -z ${SANDBOX_NETNS_PATH:-} ]] || net=--network-namespace-path=$SANDBOX_NETNS_PATH
   systemd-nspawn --quiet -D "$SANDBOX_ROOT" --boot --register=no --keep-unit \
-    --private-network --console=pipe --machine="$SANDBOX_MACHINE" \
+    "$net" --console=pipe --machine="$SANDBOX_MACHINE" \
     --hostname=demo-notebook --resolv-conf=off --timezone=off --link-journal=no \
     --bind="$SANDBOX_VOLUME:/home/ec2-user/SageMaker" \
     "${SANDBOX_NSPAWN_ARGS[@]}" </dev/null >"$log" 2>&1 &

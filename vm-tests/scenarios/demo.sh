@@ -6,16 +6,18 @@
 # $NB_AGENT_DST (vm-tests/run does that from $NB_AGENT_BIN or the release build).
 #
 # Every expected outcome is a `check`: the run exits non-zero if one fails.
-# Nothing here contacts a network: the mirror and proxy are names that do not
-# resolve, `apply` only writes them into files, and the sandbox has only lo.
+# The sandbox's only network is the veth to the test services on the host side
+# (lib/infra.sh): the pip mirror behind squid, moto as CloudWatch Logs, the fake
+# IMDS. Nothing here contacts any other address.
 
 # shellcheck source=../lib/demo-audit.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib/demo-audit.sh"
 
 DEMO_HOME=/home/ec2-user
 DEMO_ENVS=("$DEMO_HOME/anaconda3" "$DEMO_HOME/anaconda3/envs/python3" "$DEMO_HOME/anaconda3/envs/JupyterSystemEnv")
-DEMO_MIRROR=https://mirror.internal/simple
-DEMO_PROXY=http://proxy.internal:3128
+DEMO_MIRROR=http://$INFRA_MIRROR_HOST:$INFRA_MIRROR_PORT/simple/
+DEMO_PROXY=http://$INFRA_HOST_ADDR:$INFRA_SQUID_PORT
+DEMO_MOTO=http://$INFRA_HOST_ADDR:$INFRA_MOTO_PORT
 DEMO_AGENT_SRC=${NB_AGENT_DST:-/opt/artifacts/notebook-agent}
 DEMO_STEP=0 DEMO_OUT='' DEMO_RC=0
 
@@ -124,8 +126,9 @@ demo_write_config() {
     (umask 077 && cat >/etc/notebook-agent/config.json) &&
     chmod 0600 /etc/notebook-agent/config.json && chown root:root /etc/notebook-agent/config.json' <<EOF
 {
-  "pip":   { "index_url": "$DEMO_MIRROR" },
-  "proxy": { "http": "$DEMO_PROXY", "https": "$DEMO_PROXY" }
+  "pip":   { "index_url": "$DEMO_MIRROR", "trusted_hosts": ["$INFRA_MIRROR_HOST:$INFRA_MIRROR_PORT"] },
+  "proxy": { "http": "$DEMO_PROXY", "https": "$DEMO_PROXY", "no_proxy": ["$INFRA_HOST_ADDR"] },
+  "audit": { "endpoint_url": "$DEMO_MOTO", "drain_secs": 3 }
 }
 EOF
   sandbox_exec stat -c '%A %U:%G %n' /etc/notebook-agent/config.json
@@ -135,10 +138,12 @@ EOF
 # --- the demo ---------------------------------------------------------------------
 demo_step "The sandbox: a booted SageMaker notebook look-alike"
 demo_say "Debian 12 rootfs with the Amazon Linux notebook profile, systemd as PID 1,"
-demo_say "jupyter-server as ec2-user, conda-like envs. Private network: only lo, so"
-demo_say "nothing in this demo can reach a non-loopback address."
-demo_show "ip -o link | awk '{print \$2}'" sandbox_exec sh -c "ip -o link | awk '{print \$2}'"
-check demo-private-network-only-lo demo_out_is 'lo:'
+demo_say "jupyter-server as ec2-user, conda-like envs. Its network: lo and one veth to"
+demo_say "the test services on the host ($INFRA_HOST_ADDR: squid, moto, fake IMDS), no default route."
+demo_show "ip -4 -o addr; ip route" sandbox_exec sh -c "ip -4 -o addr | awk '{print \$2, \$4}'; ip route"
+check demo-network-only-the-test-link demo_out_is "lo 127.0.0.1/8
+eth0 $INFRA_GUEST_ADDR/30
+${INFRA_HOST_ADDR%.1}.0/30 dev eth0 proto kernel scope link src $INFRA_GUEST_ADDR "
 demo_show "ls -l $DEMO_AGENT_SRC   # the release binary, bind-mounted read-only" \
   sandbox_exec ls -l "$DEMO_AGENT_SRC"
 check demo-agent-binary-injected demo_rc_is 0
@@ -166,7 +171,8 @@ demo_step "Install the agent and its config (what the lifecycle configuration do
 demo_show "install -m 0755 $DEMO_AGENT_SRC /usr/local/bin/notebook-agent && notebook-agent --version" \
   sandbox_exec sh -c "install -m 0755 '$DEMO_AGENT_SRC' /usr/local/bin/notebook-agent && notebook-agent --version"
 check agent-installed demo_rc_is 0
-demo_say "Config: a pip mirror and a proxy. Both are made-up names; apply only writes them into files."
+demo_say "Config: the pip mirror (pypiserver, reachable only through squid), the proxy (squid), and"
+demo_say "the audit's CloudWatch endpoint (moto on the host)."
 demo_show "umask 077; cat >/etc/notebook-agent/config.json; ls -l …; cat …" demo_write_config
 check config-root-0600 demo_out_has '^-rw------- root:root /etc/notebook-agent/config.json$'
 

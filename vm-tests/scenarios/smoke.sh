@@ -113,10 +113,19 @@ smoke_sagemaker_bind() {
     [[ $(cat "$SANDBOX_VOLUME/$f") == ok ]] && rm -f "$SANDBOX_VOLUME/$f"
 }
 
+# The sandbox's network: lo, plus (when vm-tests/run made one, lib/infra.sh) eth0 on the /30
+# shared with the host-side services; no default route, no route anywhere else, no IPv6.
 smoke_private_network() {
-  local links
-  links=$(sandbox_exec ip -o link show | awk -F': ' '{print $2}') && echo "links: $links" &&
-    [[ $links == lo ]] && [[ -z $(sandbox_exec ip route show default) ]]
+  local links routes want_links=lo want_routes=''
+  if [[ -n ${INFRA_GUEST_ADDR:-} ]]; then
+    want_links=$'lo\neth0@if'
+    want_routes="${INFRA_HOST_ADDR%.1}.0/30 dev eth0 proto kernel scope link src $INFRA_GUEST_ADDR"
+  fi
+  links=$(sandbox_exec ip -o link show | awk -F': ' '{print $2}' | sed 's/@if[0-9]*$/@if/')
+  routes=$(sandbox_exec ip -4 route show table all | grep -v '^local \|^broadcast ' | sed 's/ *$//' || true)
+  echo "links: $links"; echo "routes: $routes"
+  [[ $links == "$want_links" ]] && [[ $routes == "$want_routes" ]] &&
+    [[ -z $(sandbox_exec ip -6 route show table all 2>/dev/null | grep -v '^local \|^multicast \|^anycast ' || true) ]]
 }
 
 check systemd-is-pid1            smoke_pid1_is_systemd
@@ -136,4 +145,4 @@ check python-env-python3         smoke_env_python /home/ec2-user/anaconda3/envs/
 check python-JupyterSystemEnv    smoke_env_python "$JSE"
 check anaconda-owned-by-ec2-user smoke_conda_layout_owned
 check sagemaker-dir-bind-mount   smoke_sagemaker_bind
-check private-network-only-lo    smoke_private_network
+check network-only-the-test-link smoke_private_network
