@@ -140,6 +140,7 @@ pub enum AgentEvent {
     },
     Stopped {
         reason: String,
+        /// Records written to the spool by this run of the daemon (not what is still unshipped).
         spooled: u64,
     },
     /// A tree was rescanned: after `IN_Q_OVERFLOW`, a full channel, or at a degraded periodic scan.
@@ -174,10 +175,7 @@ pub enum AgentEvent {
         last_seq: u64,
     },
     /// The spool or snapshot was tampered with (renamed, deleted, truncated, corrupt frames).
-    SpoolTamper {
-        path: PathBuf,
-        what: String,
-    },
+    SpoolTamper { path: PathBuf, what: String },
     /// `apply` finished. Control ids (`root_access`, …) in each list.
     ApplyResult {
         changed: Vec<String>,

@@ -535,7 +535,7 @@ pub fn agent_event_with_uid(
         }
         AgentEvent::Stopped { reason, spooled } => {
             let msg =
-                format!("notebook-agent stopped ({reason}); {spooled} events left in the spool");
+                format!("notebook-agent stopped ({reason}); {spooled} events written to the spool since it started");
             let mut r = base(
                 &APPLICATION_LIFECYCLE,
                 4,
