@@ -57,6 +57,8 @@ struct Head {
     activity_id: u32,
 }
 
+const BENCH_CONFIG: &str = r#"{"audit": {"endpoint_url": "http://127.0.0.1:9", "drain_secs": 1}}"#;
+
 /// A temp root shaped like `tests/common` `TempRoot::amazon_linux()` (the parts the daemon reads).
 fn make_root(base: &Path) -> Res<tempfile::TempDir> {
     let t = tempfile::Builder::new().prefix("root.").tempdir_in(base)?;
@@ -83,6 +85,9 @@ fn make_root(base: &Path) -> Res<tempfile::TempDir> {
         r#"{"ResourceArn":"arn:aws:sagemaker:us-east-1:123456789012:notebook-instance/test-nb","ResourceName":"test-nb"}"#,
         0o644,
     )?;
+    // CloudWatch is a closed loopback port: the shipper never resolves or contacts anything else
+    // (benchmarks talk only to 127.0.0.1), and the stop drain is 1 s.
+    w("etc/notebook-agent/config.json", BENCH_CONFIG, 0o600)?;
     std::fs::create_dir_all(t.path().join(SM))?;
     std::fs::create_dir_all(t.path().join("tmp"))?;
     std::fs::create_dir_all(t.path().join("run"))?;
@@ -137,7 +142,7 @@ fn process_cpu_s() -> f64 {
 fn throughput(base: &Path, n: usize) -> Res<Throughput> {
     let t = make_root(base)?;
     let root = Root::new(t.path())?;
-    let cfg = notebook_agent::config::parse("{}", Path::new("bench.json"))?;
+    let cfg = notebook_agent::config::parse(BENCH_CONFIG, Path::new("bench.json"))?;
     let opts = Options::from_config(&root, &cfg, false);
     let sm = t.path().join(SM);
     let stop = Arc::new(AtomicBool::new(false));

@@ -61,7 +61,7 @@ fn drain(rx: &Receiver<Output>) -> Vec<Output> {
 fn changes(outs: &[Output]) -> Vec<FsChange> {
     outs.iter()
         .filter_map(|o| match o {
-            Output::Change(c) => Some(c.clone()),
+            Output::Change(c) => Some(c.as_ref().clone()),
             Output::Agent(_) | Output::Snapshot(_) => None,
         })
         .collect()

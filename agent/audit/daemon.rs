@@ -557,7 +557,7 @@ fn pump(
                 for _ in 0..4096 {
                     let Some(o) = next.take() else { break };
                     match o {
-                        Output::Change(ch) => p.submit(ch)?,
+                        Output::Change(ch) => p.submit(*ch)?,
                         Output::Agent(ev) => p.agent(ev),
                         Output::Snapshot(s) => p.order.push_back(Item::Snapshot(s)),
                     }
@@ -565,7 +565,7 @@ fn pump(
                 }
                 if let Some(o) = next {
                     match o {
-                        Output::Change(ch) => p.submit(ch)?,
+                        Output::Change(ch) => p.submit(*ch)?,
                         Output::Agent(ev) => p.agent(ev),
                         Output::Snapshot(s) => p.order.push_back(Item::Snapshot(s)),
                     }

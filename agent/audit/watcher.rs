@@ -127,7 +127,9 @@ pub enum WatchError {
 /// What the watcher produces.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    Change(FsChange),
+    /// Boxed: the output channel is bounded and its slots are allocated up front, so a slot is
+    /// one pointer rather than a whole change (65,536 slots: 0.5 MB instead of 12 MB).
+    Change(Box<FsChange>),
     Agent(AgentEvent),
     /// The in-memory tree encoded ([`Snapshot::encode`]), in order with the changes: every change
     /// it reflects was sent before it. Sent on [`Watcher::request_snapshot`] and as the last output
@@ -448,13 +450,13 @@ impl Processor {
     }
 
     fn change(&mut self, kind: ChangeKind, path: PathBuf, facts: Option<FileFacts>) {
-        self.emit(Output::Change(FsChange {
+        self.emit(Output::Change(Box::new(FsChange {
             kind,
             path,
             facts,
             time_ms: now_ms(),
             source: Source::Live,
-        }));
+        })));
     }
 
     fn inotify_init_failed(&mut self, e: Errno) {
@@ -500,7 +502,7 @@ impl Processor {
         };
         let _ = ready.send(info);
         for c in changes {
-            self.emit(Output::Change(c));
+            self.emit(Output::Change(Box::new(c)));
         }
     }
 
@@ -731,7 +733,7 @@ impl Processor {
         self.state.extend(found);
         let n = changes.len() as u64;
         for c in changes {
-            self.emit(Output::Change(c));
+            self.emit(Output::Change(Box::new(c)));
         }
         if always || n > 0 {
             tracing::warn!(path = %top.display(), reason, changes = n, lost_notifications = lost, "Rescanned watched tree.");
