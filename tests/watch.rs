@@ -650,6 +650,7 @@ fn status_reports_the_daemon_and_shipping_where_the_unit_is_installed() {
         "[Service]\n",
         0o644,
     );
+    t.mkdir("run/systemd/system");
     let s = common::agent(&["status", "--root", r]);
     assert_eq!(
         s.status.code(),

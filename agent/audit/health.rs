@@ -2,8 +2,9 @@
 //! daemon and the shipper persist in the state directory (`daemon.json`, `shipper.json`) and from
 //! `/proc/<pid>` — no network, no daemon cooperation needed.
 //!
-//! Counted against the exit code only where the `notebook-agent` unit is installed: on a host (or
-//! a test root) without the unit, the rows say so and are NOT CONFIGURED. (`/proc` is read
+//! Counted against the exit code only where the `notebook-agent` unit is installed and systemd
+//! runs: on a host (or a test root, or a chroot) without them, the rows say so and are NOT
+//! CONFIGURED. (`/proc` is read
 //! directly rather than through sysinfo: two small files, no dependency in a static binary.)
 
 use std::path::Path;
@@ -93,7 +94,9 @@ pub fn findings(root: &Root, config: &ValidConfig, now_ms: i64) -> Vec<Finding> 
             ),
         ];
     }
-    let counted = unit_installed(root);
+    // Counted only where systemd runs the installed unit (not in a chroot or an image build).
+    let systemd = root.path("/run/systemd/system").is_dir();
+    let counted = unit_installed(root) && systemd;
     let missing_status = if counted {
         Status::Fail
     } else {
