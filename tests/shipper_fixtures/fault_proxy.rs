@@ -28,6 +28,12 @@ pub enum Fault {
     Reset,
     /// Wait, then forward.
     Slow(Duration),
+    /// Forward, then hold the upstream's answer this long: the request is delivered, the client
+    /// does not know yet (a crash now means a re-send). Logged as `held` once the answer is in.
+    HoldReply(Duration),
+    /// HTTP `status` with CloudWatch's JSON error body, `__type` = `code` (403
+    /// `UnrecognizedClientException`, 400 `KMSInvalidStateException`, …).
+    Error { status: u16, code: &'static str },
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +42,8 @@ struct State {
     faults: VecDeque<Fault>,
     /// Every connection is reset while set.
     down: bool,
+    /// Answers every request (of one operation, or all when `None`) until cleared.
+    sticky: Option<(Option<String>, Fault)>,
     counts: HashMap<String, u64>,
     /// (operation, what happened) in order.
     log: Vec<(String, String)>,
@@ -84,6 +92,12 @@ impl FaultProxy {
 
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
+    }
+
+    /// Answers every request for `op` (every request when `None`) with `fault` until called
+    /// again with `fault: None`; queued faults wait meanwhile.
+    pub fn set_sticky(&self, op: Option<&str>, fault: Option<Fault>) {
+        self.lock().sticky = fault.map(|f| (op.map(str::to_string), f));
     }
 
     pub fn set_upstream(&self, port: u16) {
@@ -148,7 +162,16 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
         let mut g = state.lock().unwrap_or_else(|p| p.into_inner());
         *g.counts.entry(op.clone()).or_default() += 1;
         let down = g.down;
-        let fault = if down { None } else { g.faults.pop_front() };
+        let sticky = g
+            .sticky
+            .as_ref()
+            .filter(|(o, _)| o.as_deref().is_none_or(|o| o == op))
+            .map(|(_, f)| *f);
+        let fault = if down {
+            None
+        } else {
+            sticky.or_else(|| g.faults.pop_front())
+        };
         let what = match (down, fault) {
             (true, _) => "down".to_string(),
             (_, Some(f)) => format!("{f:?}"),
@@ -191,8 +214,16 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
             client.write_all(r.as_bytes()).await?;
             return client.shutdown().await;
         }
+        Some(Fault::Error { status, code }) => {
+            let r = canned(
+                &format!("{status} Fault"),
+                &format!(r#"{{"__type":"{code}","message":"{code} (fault layer)"}}"#),
+            );
+            client.write_all(r.as_bytes()).await?;
+            return client.shutdown().await;
+        }
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
-        None => {}
+        Some(Fault::HoldReply(_)) | None => {}
     }
 
     let mut up = match TcpStream::connect(("127.0.0.1", upstream)).await {
@@ -216,6 +247,14 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
         out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
         out.extend_from_slice(&resp[end + 4..]);
         resp = out;
+    }
+    if let Some(Fault::HoldReply(d)) = fault {
+        state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .log
+            .push((op, "held".to_string()));
+        tokio::time::sleep(d).await;
     }
     client.write_all(&resp).await?;
     client.shutdown().await

@@ -654,6 +654,11 @@ impl<S: SpoolSource> Shipper<S> {
         self.stats.retried += 1;
         let attempt = self.backoff.attempts();
         self.log_failure(c, attempt, delay);
+        // `status` reads the counters: a wait that runs past the next scheduled write (an
+        // operator error waits 15-30 s) must not hide the error and the retry for its length.
+        if Instant::now() + delay >= self.next_persist {
+            self.maybe_persist(true);
+        }
         self.sleep_or_shutdown(delay).await;
     }
 
