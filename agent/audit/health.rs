@@ -188,17 +188,21 @@ pub fn findings(root: &Root, config: &ValidConfig, now_ms: i64) -> Vec<Finding> 
                 "spool: {unshipped} bytes unshipped{oldest}, {last}; {} shipped, {} retried, {} rejected",
                 s.shipped, s.retried, s.rejected
             );
+            // The last error, while it is newer than the last success.
+            let failing = match (s.last_error_ms, s.last_success_ms) {
+                (Some(e), Some(ok)) => e > ok,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            let evidence = match (&s.last_error, failing) {
+                (Some(err), true) => format!("{evidence}; last error: {err}"),
+                _ => evidence,
+            };
             let behind = s
                 .oldest_unshipped_ms
                 .is_some_and(|t| now_ms - t > SHIP_STALE_MS);
             if behind {
-                let err = s.last_error.clone().unwrap_or_default();
-                finding(
-                    S.0,
-                    S.1,
-                    Status::Fail,
-                    format!("{evidence}; last error: {err}"),
-                )
+                finding(S.0, S.1, Status::Fail, evidence)
             } else {
                 finding(S.0, S.1, Status::Pass, evidence)
             }
