@@ -36,3 +36,6 @@ fi
 
 # Packaging tools: rpm, cargo-generate-rpm and cfn-lint (cached outside the clone).
 "$here/../packaging/setup.sh"
+
+# CloudWatch Logs emulator and the AWS CLI for the shipping tests (pinned venv, cached).
+bash "$here/moto.sh" >/dev/null
