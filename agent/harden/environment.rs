@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use super::envs;
 use super::pip::user_owner;
-use super::render::{py_str, systemd_env};
+use super::render::{py_str, root_dir, root_file, systemd_env};
 use crate::config::{validate, EnvironmentConfig};
 use crate::control::{Action, Context, Control, Finding, Plan, Status};
 use crate::host::imds::{self, Imds};
 use crate::host::metadata::NotebookIdentity;
-use crate::host::{FileSpec, HostCommand, Owner};
+use crate::host::HostCommand;
 
 pub const MODULE_DIR: &str = "/usr/local/lib/notebook-agent/python";
 pub const MODULE: &str = "/usr/local/lib/notebook-agent/python/sagemaker_environment.py";
@@ -212,26 +212,6 @@ def vpc_config():
 "#,
     );
     s
-}
-
-fn root_file(path: PathBuf, contents: String) -> Action {
-    Action::Write {
-        path,
-        spec: FileSpec {
-            contents: contents.into_bytes(),
-            mode: 0o644,
-            owner: Owner::ROOT,
-        },
-        validation: None,
-    }
-}
-
-fn root_dir(path: &str) -> Action {
-    Action::EnsureDir {
-        path: PathBuf::from(path),
-        mode: 0o755,
-        owner: Owner::ROOT,
-    }
 }
 
 /// site-packages of the system Pythons (Debian `dist-packages`, Amazon Linux `site-packages`).

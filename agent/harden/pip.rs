@@ -9,10 +9,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::envs;
-use super::render::py_str;
+use super::render::{py_str, root_file};
 use crate::config::{Config, PipConfig};
 use crate::control::{Action, Context, Control, Finding, Plan, Status};
-use crate::host::{FileSpec, Owner};
+use crate::host::Owner;
 
 pub const GLOBAL_PIP_CONF: &str = "/etc/pip.conf";
 pub const CONDARC_DIR: &str = "/etc/conda/condarc.d";
@@ -72,18 +72,6 @@ pub fn render_condarc(pip: &PipConfig) -> String {
         );
     }
     s
-}
-
-fn root_file(path: PathBuf, contents: String) -> Action {
-    Action::Write {
-        path,
-        spec: FileSpec {
-            contents: contents.into_bytes(),
-            mode: 0o644,
-            owner: Owner::ROOT,
-        },
-        validation: None,
-    }
 }
 
 /// The user's own directory (created as theirs when missing).

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use super::pip::{user_owner, CONDARC_DIR};
-use super::render::{git_value, py_str, shell_quote, systemd_env, with_block};
+use super::render::{git_value, py_str, root_dir, shell_quote, systemd_env, with_block};
 use crate::config::ProxyConfig;
 use crate::control::{Action, Context, Control, Finding, Plan, Status};
 use crate::host::{FileSpec, HostCommand, Owner};
@@ -110,14 +110,6 @@ fn file(path: impl Into<PathBuf>, contents: String, mode: u32, owner: Owner) -> 
             owner,
         },
         validation: None,
-    }
-}
-
-fn root_dir(path: &str) -> Action {
-    Action::EnsureDir {
-        path: PathBuf::from(path),
-        mode: 0o755,
-        owner: Owner::ROOT,
     }
 }
 

@@ -67,6 +67,28 @@ pub fn with_block(existing: &str, comment: &str, body: &str) -> String {
     out
 }
 
+/// A root-owned 0644 file with exactly these contents (what the user must not change).
+pub fn root_file(path: std::path::PathBuf, contents: String) -> crate::control::Action {
+    crate::control::Action::Write {
+        path,
+        spec: crate::host::FileSpec {
+            contents: contents.into_bytes(),
+            mode: 0o644,
+            owner: crate::host::Owner::ROOT,
+        },
+        validation: None,
+    }
+}
+
+/// A root-owned 0755 directory.
+pub fn root_dir(path: &str) -> crate::control::Action {
+    crate::control::Action::EnsureDir {
+        path: std::path::PathBuf::from(path),
+        mode: 0o755,
+        owner: crate::host::Owner::ROOT,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
