@@ -254,6 +254,10 @@ impl Watches {
     }
 }
 
+/// How often a repair re-applies while each apply makes progress but leaves a control failing
+/// (someone changed another file while it ran).
+const REPAIR_ATTEMPTS: usize = 3;
+
 /// The monitor's state between checks.
 struct Monitor {
     root: Root,
@@ -261,6 +265,11 @@ struct Monitor {
     opts: DriftOptions,
     events: Sender<AgentEvent>,
     controls: Vec<Box<dyn Control>>,
+    watches: Option<Watches>,
+    /// Changed paths not checked yet; `pending_all`: something inotify could not name.
+    pending: Vec<PathBuf>,
+    pending_all: bool,
+    last_change: Instant,
     /// The evidence last reported as drift, per control: a drift is reported once.
     reported: HashMap<String, String>,
     /// The last repair error per control: a repair that keeps failing is reported once.
@@ -290,8 +299,45 @@ impl Monitor {
         armed
     }
 
-    /// Checks every control; reports and repairs drift. Returns compliance after the repair.
-    fn check(&mut self, changed: &[PathBuf]) -> Option<bool> {
+    /// Takes the queued notifications into `pending`, leaving out the paths in `own` (what a
+    /// repair just wrote: inotify queues synchronously, so its notifications are there by now).
+    fn collect(&mut self, own: &BTreeSet<PathBuf>) {
+        let Some(w) = self.watches.as_mut() else {
+            return;
+        };
+        let (paths, unnamed) = w.changes();
+        let mut any = unnamed;
+        self.pending_all |= unnamed;
+        for p in paths {
+            if !own.contains(&p) && !self.pending.contains(&p) {
+                self.pending.push(p);
+                any = true;
+            }
+        }
+        if any {
+            self.last_change = Instant::now();
+        }
+    }
+
+    fn report_drift(&mut self, f: &Finding, changed: &[PathBuf]) {
+        let evidence = self.config.redactor().scrub(&f.evidence);
+        if self.reported.get(f.control) != Some(&evidence) {
+            tracing::warn!(control = f.control, evidence = %evidence, "Drift found.");
+            self.send(AgentEvent::DriftFound {
+                control: f.control.to_string(),
+                title: f.title.to_string(),
+                evidence: evidence.clone(),
+                changed: changed.to_vec(),
+            });
+            self.reported.insert(f.control.to_string(), evidence);
+        }
+    }
+
+    /// Checks every control against the pending changes; reports and repairs drift. Returns
+    /// compliance afterwards.
+    fn check(&mut self) -> Option<bool> {
+        let changed = std::mem::take(&mut self.pending);
+        self.pending_all = false;
         // Owned copies: the context borrows them while `self` records what was reported.
         let (root, config) = (self.root.clone(), self.config.clone());
         let runner = self.runner();
@@ -303,132 +349,166 @@ impl Monitor {
             }
         };
         let findings: Vec<Finding> = self.controls.iter().map(|c| c.check(&ctx)).collect();
+        drop(ctx);
         let failing: Vec<Finding> = findings.into_iter().filter(|f| !passes(f)).collect();
+        self.forget_passing(&failing);
         if failing.is_empty() {
-            self.reported.clear();
-            self.repair_failed.clear();
             return Some(true);
         }
         if !self.armed() {
             return Some(false);
         }
-        let redactor = self.config.redactor();
-        let passing: Vec<&str> = self
-            .controls
-            .iter()
-            .map(|c| c.id())
-            .filter(|id| !failing.iter().any(|f| f.control == *id))
-            .collect();
-        for id in passing {
-            self.reported.remove(id);
-            self.repair_failed.remove(id);
-        }
         for f in &failing {
-            let evidence = redactor.scrub(&f.evidence);
-            if self.reported.get(f.control) != Some(&evidence) {
-                tracing::warn!(control = f.control, evidence = %evidence, "Drift found.");
-                self.send(AgentEvent::DriftFound {
-                    control: f.control.to_string(),
-                    title: f.title.to_string(),
-                    evidence: evidence.clone(),
-                    changed: changed.to_vec(),
-                });
-                self.reported.insert(f.control.to_string(), evidence);
-            }
+            self.report_drift(f, &changed);
         }
         if !self.opts.reapply {
             return Some(false);
         }
-        Some(self.repair(&ctx, &failing))
+        Some(self.repair(failing))
     }
 
-    /// `apply`, exactly as the command line runs it; then one event per drifted control.
-    fn repair(&mut self, ctx: &Context<'_>, failing: &[Finding]) -> bool {
-        let started = Instant::now();
+    fn forget_passing(&mut self, failing: &[Finding]) {
+        let ids: Vec<&'static str> = self.controls.iter().map(|c| c.id()).collect();
+        for id in ids {
+            if !failing.iter().any(|f| f.control == id) {
+                self.reported.remove(id);
+                self.repair_failed.remove(id);
+            }
+        }
+    }
+
+    /// `apply`, exactly as the command line runs it (plan, validate, execute, check); then one
+    /// event per drifted control. When an apply changed something but a control still fails
+    /// (a file changed while it ran), that is reported as drift and applied again.
+    fn repair(&mut self, mut failing: Vec<Finding>) -> bool {
         let redactor = self.config.redactor();
-        let result = apply(ctx, &self.controls);
-        let took_ms = started.elapsed().as_millis() as u64;
-        let mut all_repaired = true;
-        for f in failing {
-            let outcome = match &result {
-                Ok(report) => match report.controls.iter().find(|r| r.control == f.control) {
-                    Some(r) => match &r.finding {
-                        Some(after) if passes(after) => {
-                            let changes = if r.changes.is_empty() {
-                                "nothing to change".to_string()
-                            } else {
-                                r.changes
-                                    .iter()
-                                    .map(|c| format!("{} {}", c.outcome, c.target))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            };
-                            Ok(format!(
-                                "re-applied in {took_ms} ms: {changes}; now {}: {}",
-                                after.status, after.evidence
-                            ))
-                        }
-                        Some(after) => Err(format!(
-                            "still {} after re-apply: {}",
-                            after.status, after.evidence
-                        )),
-                        None => Err("re-apply did not check it".to_string()),
-                    },
-                    None => Err("re-apply did not report it".to_string()),
-                },
-                Err(e) => Err(format!("re-apply failed: {e}")),
+        let (root, config) = (self.root.clone(), self.config.clone());
+        let mut done: HashMap<&'static str, Vec<String>> = HashMap::new();
+        for attempt in 1..=REPAIR_ATTEMPTS {
+            let started = Instant::now();
+            let runner = self.runner();
+            let result = Context::new(&root, &config, &runner)
+                .map_err(|e| format!("re-apply failed: {e}"))
+                .and_then(|ctx| {
+                    apply(&ctx, &self.controls).map_err(|e| format!("re-apply failed: {e}"))
+                });
+            let took_ms = started.elapsed().as_millis() as u64;
+            let own: BTreeSet<PathBuf> = match &result {
+                Ok(report) => report
+                    .controls
+                    .iter()
+                    .flat_map(|c| &c.changes)
+                    .map(|c| PathBuf::from(&c.target))
+                    .collect(),
+                Err(_) => BTreeSet::new(),
             };
-            match outcome {
-                Ok(evidence) => {
-                    let evidence = redactor.scrub(&evidence);
-                    tracing::info!(control = f.control, took_ms, evidence = %evidence, "Drift repaired.");
-                    self.reported.remove(f.control);
-                    self.repair_failed.remove(f.control);
-                    self.send(AgentEvent::DriftRepaired {
-                        control: f.control.to_string(),
-                        title: f.title.to_string(),
-                        evidence,
-                    });
-                }
-                Err(error) => {
-                    all_repaired = false;
-                    let error = redactor.scrub(&error);
-                    if self.repair_failed.get(f.control) != Some(&error) {
-                        tracing::error!(control = f.control, error = %error, "Drift repair failed.");
-                        self.send(AgentEvent::DriftRepairFailed {
+            // What someone else changed while the apply ran.
+            let before = self.pending.len();
+            self.collect(&own);
+            let during: Vec<PathBuf> = self.pending[before..].to_vec();
+            let progressed = result.as_ref().is_ok_and(|r| r.changed() > 0);
+            let mut again = Vec::new();
+            for f in &failing {
+                let report = result.as_ref().map_err(Clone::clone).and_then(|report| {
+                    report
+                        .controls
+                        .iter()
+                        .find(|r| r.control == f.control)
+                        .ok_or_else(|| "re-apply did not report it".to_string())
+                });
+                let outcome = match report {
+                    Err(e) => Err((e, None)),
+                    Ok(r) => {
+                        done.entry(f.control).or_default().extend(
+                            r.changes
+                                .iter()
+                                .map(|c| format!("{} {}", c.outcome, c.target)),
+                        );
+                        match &r.finding {
+                            Some(after) if passes(after) => Ok(after.clone()),
+                            Some(after) => Err((
+                                format!(
+                                    "still {} after re-apply: {}",
+                                    after.status, after.evidence
+                                ),
+                                Some(after.clone()),
+                            )),
+                            None => Err(("re-apply did not check it".to_string(), None)),
+                        }
+                    }
+                };
+                match outcome {
+                    Ok(after) => {
+                        let changes = done.remove(f.control).unwrap_or_default();
+                        let changes = if changes.is_empty() {
+                            "nothing to change".to_string()
+                        } else {
+                            changes.join(", ")
+                        };
+                        let evidence = redactor.scrub(&format!(
+                            "re-applied in {took_ms} ms: {changes}; now {}: {}",
+                            after.status, after.evidence
+                        ));
+                        tracing::info!(control = f.control, took_ms, evidence = %evidence, "Drift repaired.");
+                        self.reported.remove(f.control);
+                        self.repair_failed.remove(f.control);
+                        self.send(AgentEvent::DriftRepaired {
                             control: f.control.to_string(),
                             title: f.title.to_string(),
-                            error: error.clone(),
+                            evidence,
                         });
-                        self.repair_failed.insert(f.control.to_string(), error);
+                    }
+                    Err((_, Some(after))) if progressed && attempt < REPAIR_ATTEMPTS => {
+                        self.report_drift(&after, &during);
+                        again.push(after);
+                    }
+                    Err((error, _)) => {
+                        let error = redactor.scrub(&error);
+                        if self.repair_failed.get(f.control) != Some(&error) {
+                            tracing::error!(control = f.control, error = %error, "Drift repair failed.");
+                            self.send(AgentEvent::DriftRepairFailed {
+                                control: f.control.to_string(),
+                                title: f.title.to_string(),
+                                error: error.clone(),
+                            });
+                            self.repair_failed.insert(f.control.to_string(), error);
+                        }
+                        return false;
                     }
                 }
             }
+            if again.is_empty() {
+                // What changed during the apply stays pending: checked again (cheaply) next.
+                return true;
+            }
+            failing = again;
         }
-        all_repaired
+        false
     }
 
     /// The status object as a heartbeat.
     fn heartbeat(&mut self) {
         let runner = self.runner();
-        let (drifted, value, compliant) =
-            match status::collect(&self.root, &self.config, &runner, &self.controls, now_ms())
-                .and_then(|r| {
+        let collected =
+            status::collect(&self.root, &self.config, &runner, &self.controls, now_ms()).and_then(
+                |r| {
                     let text = r.to_redacted_json(&self.config)?;
                     let value: serde_json::Value =
                         serde_json::from_str(&text).map_err(|e| format!("status: {e}"))?;
                     Ok((r.drifted(), value, r.compliant))
-                }) {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot collect the status for the heartbeat.");
-                    (
-                        vec![],
-                        serde_json::json!({"error": self.config.redactor().scrub(&e)}),
-                        false,
-                    )
-                }
-            };
+                },
+            );
+        let (drifted, value, compliant) = match collected {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot collect the status for the heartbeat.");
+                (
+                    vec![],
+                    serde_json::json!({"error": self.config.redactor().scrub(&e)}),
+                    false,
+                )
+            }
+        };
         self.last_compliant = Some(compliant);
         self.send(AgentEvent::Heartbeat {
             uptime_secs: 0,
@@ -447,7 +527,7 @@ impl Monitor {
     }
 
     fn run(mut self, stop: &AtomicBool) {
-        let mut watches = match Watches::new() {
+        self.watches = match Watches::new() {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::error!(error = %e, "Drift is found by the periodic check only.");
@@ -457,41 +537,24 @@ impl Monitor {
         let started = Instant::now();
         let mut next_full = Instant::now();
         let mut next_heartbeat: Option<Instant> = None;
-        let mut pending: Vec<PathBuf> = Vec::new();
-        let mut pending_all = false;
-        let mut last_change = Instant::now();
         while !stop.load(Ordering::SeqCst) {
+            self.collect(&BTreeSet::new());
             let now = Instant::now();
-            if let Some(w) = watches.as_mut() {
-                let (paths, unnamed) = w.changes();
-                if !paths.is_empty() || unnamed {
-                    last_change = now;
-                    pending_all |= unnamed;
-                    for p in paths {
-                        if !pending.contains(&p) {
-                            pending.push(p);
-                        }
-                    }
-                }
-            }
             let mut compliant = None;
             if now >= next_full {
-                if let Some(w) = watches.as_mut() {
-                    let runner = self.runner();
-                    if let Ok(ctx) = Context::new(&self.root, &self.config, &runner) {
-                        w.update(&self.root, targets(&ctx, &self.controls));
+                let runner = self.runner();
+                if let Ok(ctx) = Context::new(&self.root, &self.config, &runner) {
+                    let t = targets(&ctx, &self.controls);
+                    if let Some(w) = self.watches.as_mut() {
+                        w.update(&self.root, t);
                     }
                 }
-                compliant = self.check(&pending);
-                pending.clear();
-                pending_all = false;
+                compliant = self.check();
                 next_full = now + self.opts.full_check;
-            } else if (!pending.is_empty() || pending_all)
-                && now.duration_since(last_change) >= self.opts.debounce
+            } else if (!self.pending.is_empty() || self.pending_all)
+                && now.duration_since(self.last_change) >= self.opts.debounce
             {
-                compliant = self.check(&pending);
-                pending.clear();
-                pending_all = false;
+                compliant = self.check();
             }
             let first_due = next_heartbeat.is_none()
                 && (self.daemon_reported() || started.elapsed() >= self.opts.first_heartbeat_wait);
@@ -527,6 +590,10 @@ impl DriftMonitor {
             opts,
             events,
             controls: harden::all(),
+            watches: None,
+            pending: Vec::new(),
+            pending_all: false,
+            last_change: Instant::now(),
             reported: HashMap::new(),
             repair_failed: HashMap::new(),
             last_compliant: None,
