@@ -205,7 +205,7 @@ pub fn agent_examples() -> Vec<(&'static str, &'static str, AgentEvent)> {
             AgentEvent::DriftFound {
                 control: "root_access".into(),
                 title: "Root rights".into(),
-                evidence: "ec2-user is in wheel; sudo -l -U ec2-user: (ALL) ALL".into(),
+                evidence: "ec2-user is in wheel; sudo -l -U ec2-user: may run (ALL) ALL".into(),
                 changed: vec![PathBuf::from("/etc/group")],
             },
         ),
@@ -215,7 +215,7 @@ pub fn agent_examples() -> Vec<(&'static str, &'static str, AgentEvent)> {
             AgentEvent::DriftRepaired {
                 control: "root_access".into(),
                 title: "Root rights".into(),
-                evidence: "re-applied in 41 ms: replaced /etc/group; now PASS: ec2-user groups: ec2-user adm; sudo -l -U ec2-user: not allowed".into(),
+                evidence: "re-applied in 41 ms: replaced /etc/group; now PASS: sudo -l -U ec2-user: not allowed; ec2-user groups: ec2-user adm".into(),
             },
         ),
         (
@@ -270,7 +270,7 @@ pub fn status_example(compliant: bool) -> Value {
         "audit_healthy": true,
         "controls": [
             {"control": "root_access", "title": "Root rights", "status": "PASS",
-             "evidence": "ec2-user groups: ec2-user adm; sudo -l -U ec2-user: not allowed"},
+             "evidence": "sudo -l -U ec2-user: not allowed; ec2-user groups: ec2-user adm"},
             pip,
             {"control": "proxy", "title": "Proxy", "status": "NOT_CONFIGURED",
              "evidence": "no proxy section in the config"},
