@@ -9,3 +9,4 @@ pub mod exit;
 pub mod harden;
 pub mod host;
 pub mod logging;
+pub mod status;

@@ -182,25 +182,37 @@ pub enum AgentEvent {
         unchanged: Vec<String>,
         failed: Vec<ControlFailure>,
     },
-    /// A control is no longer compliant (found by `watch` or `status`).
+    /// A control is no longer compliant (found by `watch` or `status`). `changed`: the watched
+    /// files whose change led to the check (empty when the periodic check found it).
     DriftFound {
         control: String,
         title: String,
         evidence: String,
+        changed: Vec<PathBuf>,
     },
-    /// A drifted control was put back.
+    /// A drifted control was put back (`evidence`: what the re-apply changed and the check now).
     DriftRepaired {
         control: String,
         title: String,
         evidence: String,
     },
-    /// Periodic status of the `watch` daemon; `drifted` lists non-compliant control ids.
+    /// The re-apply of a drifted control failed, or left it failing; it stays drifted.
+    DriftRepairFailed {
+        control: String,
+        title: String,
+        error: String,
+    },
+    /// Periodic status of the `watch` daemon (and one at every change of compliance);
+    /// `drifted` lists non-compliant control ids. `status` is the `status --json` object
+    /// (docs/STATUS.md), secrets redacted; `null` when it could not be made. The daemon fills
+    /// `uptime_secs`, `spool_pending`, `spool_dropped` and `watches` as it spools the event.
     Heartbeat {
         uptime_secs: u64,
         drifted: Vec<String>,
         spool_pending: u64,
         spool_dropped: u64,
         watches: u64,
+        status: serde_json::Value,
     },
 }
 

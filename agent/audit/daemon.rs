@@ -179,22 +179,49 @@ struct Pipeline {
     hash_in: Option<HashInput>,
     hash_out: HashOutput,
     persist_dir: Option<PathBuf>,
+    state_dir: PathBuf,
     report: DaemonReport,
 }
 
 impl Pipeline {
-    fn agent(&mut self, ev: AgentEvent) {
-        match &ev {
+    fn agent(&mut self, mut ev: AgentEvent) {
+        match &mut ev {
+            // The drift monitor sends the status; the pipeline knows its own numbers.
+            AgentEvent::Heartbeat {
+                uptime_secs,
+                spool_pending,
+                spool_dropped,
+                watches,
+                ..
+            } => {
+                *uptime_secs = ((now_ms() - self.report.started_ms).max(0) / 1000) as u64;
+                *watches = self.report.watches;
+                *spool_dropped = self.report.events_dropped;
+                *spool_pending = self.unshipped();
+            }
             AgentEvent::Rescan {
                 lost_notifications, ..
             } => {
                 self.report.rescans += 1;
-                self.report.lost_notifications += lost_notifications;
+                self.report.lost_notifications += *lost_notifications;
             }
             AgentEvent::WatchLimit { .. } => self.report.unwatched_dirs += 1,
             _ => {}
         }
         self.order.push_back(Item::Agent(ev, now_ms()));
+    }
+
+    /// Records in the spool the shipper has not had acknowledged (by its persisted counters).
+    fn unshipped(&self) -> u64 {
+        let Sink::Spool(w) = &self.sink else {
+            return 0;
+        };
+        let acked = super::shipper::Stats::load(&self.state_dir)
+            .ok()
+            .flatten()
+            .and_then(|s| s.acked_seq)
+            .unwrap_or(0);
+        w.next_seq().saturating_sub(1).saturating_sub(acked)
     }
 
     /// Hand a change to the hasher without ever blocking while its output is full.
@@ -451,6 +478,7 @@ pub fn run(
         hash_in: Some(hash_in),
         hash_out,
         persist_dir,
+        state_dir: opts.state_dir.clone(),
         report: DaemonReport {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),

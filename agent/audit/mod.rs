@@ -2,10 +2,12 @@
 //! `watcher` (inotify, excludes, rescans) and `snapshot` (catch-up after downtime) produce
 //! [`change::FsChange`] values → `hash` adds sha256 off the notify thread → `ocsf` encodes OCSF 1.x
 //! records → `spool` keeps them durably until the shipper has them acknowledged by CloudWatch;
-//! `daemon` runs them together.
+//! `daemon` runs them together; `drift` checks the controls' files beside it, repairs drift and
+//! sends heartbeats.
 
 pub mod change;
 pub mod daemon;
+pub mod drift;
 pub mod hash;
 pub mod health;
 pub mod ocsf;

@@ -731,9 +731,18 @@ pub fn agent_event_with_uid(
             control,
             title,
             evidence,
+            changed,
         } => {
-            let msg = format!("Control {control} drifted: {evidence}");
-            let r = finding(
+            let paths: Vec<String> = changed.iter().map(|p| display_os(p.as_os_str())).collect();
+            let msg = if paths.is_empty() {
+                format!("Control {control} drifted (periodic check): {evidence}")
+            } else {
+                format!(
+                    "Control {control} drifted after {} changed: {evidence}",
+                    paths.join(", ")
+                )
+            };
+            let mut r = finding(
                 ctx,
                 FindingSpec {
                     activity_id: 1,
@@ -745,6 +754,33 @@ pub fn agent_event_with_uid(
                     control: Some(control),
                     pass: Some(false),
                     detail: Some(evidence.clone()),
+                },
+                time_ms,
+                msg,
+                seq,
+                uid,
+            );
+            r.insert("unmapped".into(), json!({ "changed_paths": paths }));
+            Value::Object(r)
+        }
+        AgentEvent::DriftRepairFailed {
+            control,
+            title,
+            error,
+        } => {
+            let msg = format!("Control {control} could not be repaired: {error}");
+            let r = finding(
+                ctx,
+                FindingSpec {
+                    activity_id: 2,
+                    severity_id: 4,
+                    status_id: 1,
+                    finding_uid: drift_uid(ctx, control),
+                    title: format!("Drift: {title}"),
+                    types: "Drift",
+                    control: Some(control),
+                    pass: Some(false),
+                    detail: Some(error.clone()),
                 },
                 time_ms,
                 msg,
@@ -785,17 +821,25 @@ pub fn agent_event_with_uid(
             spool_pending,
             spool_dropped,
             watches,
+            status,
         } => {
-            let pass = drifted.is_empty();
+            let pass = status["compliant"].as_bool().unwrap_or(drifted.is_empty());
+            let audit_healthy = status["audit_healthy"].as_bool().unwrap_or(true);
             let msg = format!(
-                "Heartbeat: {} drifted controls, {spool_pending} events pending, {spool_dropped} dropped",
-                drifted.len()
+                "Heartbeat: {}, {} drifted controls, audit {}, {spool_pending} events pending, {spool_dropped} dropped",
+                if pass { "compliant" } else { "NOT compliant" },
+                drifted.len(),
+                if audit_healthy { "healthy" } else { "NOT healthy" }
             );
             let mut r = finding(
                 ctx,
                 FindingSpec {
                     activity_id: 2,
-                    severity_id: if pass && *spool_dropped == 0 { 1 } else { 2 },
+                    severity_id: if pass && audit_healthy && *spool_dropped == 0 {
+                        1
+                    } else {
+                        2
+                    },
                     status_id: if pass { 4 } else { 1 },
                     finding_uid: format!("{}/heartbeat", ctx.host_id()),
                     title: "notebook-agent heartbeat".to_string(),
@@ -817,6 +861,7 @@ pub fn agent_event_with_uid(
                     "spool_pending": spool_pending,
                     "spool_dropped": spool_dropped,
                     "watches": watches,
+                    "status": status,
                 }),
             );
             Value::Object(r)
@@ -1077,6 +1122,25 @@ mod tests {
                     error: "boom".into(),
                 }],
             },
+            AgentEvent::DriftFound {
+                control: "root_access".into(),
+                title: "Root rights".into(),
+                evidence: "ec2-user is in wheel".into(),
+                changed: vec!["/etc/group".into()],
+            },
+            AgentEvent::DriftRepairFailed {
+                control: "root_access".into(),
+                title: "Root rights".into(),
+                error: "visudo".into(),
+            },
+            AgentEvent::Heartbeat {
+                uptime_secs: 1,
+                drifted: vec!["pip".into()],
+                spool_pending: 0,
+                spool_dropped: 0,
+                watches: 1,
+                status: json!({"compliant": false, "audit_healthy": true}),
+            },
         ];
         for ev in &evs {
             let r = agent_event(ev, &ctx(), 2, 5);
@@ -1084,5 +1148,45 @@ mod tests {
             let act = r["activity_id"].as_u64().unwrap();
             assert_eq!(r["type_uid"].as_u64().unwrap(), class * 100 + act);
         }
+    }
+
+    /// packaging/cloudformation.yaml's metric filters count on these fields.
+    #[test]
+    fn drift_and_heartbeat_records_match_the_metric_filters() {
+        let drift = agent_event(
+            &AgentEvent::DriftFound {
+                control: "root_access".into(),
+                title: "Root rights".into(),
+                evidence: "ec2-user is in wheel".into(),
+                changed: vec!["/etc/group".into()],
+            },
+            &ctx(),
+            1,
+            5,
+        );
+        assert_eq!(drift["class_uid"], 2003);
+        assert_eq!(drift["activity_id"], 1);
+        assert_eq!(drift["finding_info"]["types"][0], "Drift");
+        assert_eq!(drift["unmapped"]["changed_paths"][0], "/etc/group");
+        let beat = |compliant: bool| {
+            agent_event(
+                &AgentEvent::Heartbeat {
+                    uptime_secs: 1,
+                    drifted: vec![],
+                    spool_pending: 0,
+                    spool_dropped: 0,
+                    watches: 1,
+                    status: json!({"compliant": compliant, "audit_healthy": true}),
+                },
+                &ctx(),
+                1,
+                5,
+            )
+        };
+        let bad = beat(false);
+        assert_eq!(bad["finding_info"]["types"][0], "Heartbeat");
+        assert_eq!(bad["compliance"]["status_id"], 3);
+        assert_eq!(bad["unmapped"]["status"]["compliant"], false);
+        assert_eq!(beat(true)["compliance"]["status_id"], 1);
     }
 }

@@ -142,6 +142,18 @@ impl Shipping {
         config: &ValidConfig,
         reader: SpoolReader,
     ) -> Result<(Self, Receiver<AgentEvent>), String> {
+        let (events_tx, events_rx) = std::sync::mpsc::channel();
+        Self::start_with_events(root, config, reader, events_tx).map(|s| (s, events_rx))
+    }
+
+    /// Like [`start`](Self::start), sending its agent events into a channel shared with other
+    /// producers (the drift monitor), so the daemon reads one receiver.
+    pub fn start_with_events(
+        root: &Root,
+        config: &ValidConfig,
+        reader: SpoolReader,
+        events_tx: Sender<AgentEvent>,
+    ) -> Result<Self, String> {
         let identity = NotebookIdentity::load(root)?.ok_or_else(|| {
             format!(
                 "{}: missing, so the log stream name ({}) cannot be made; records stay in the spool",
@@ -158,12 +170,11 @@ impl Shipping {
             .map(|c| root.path(c));
         let settings = ClientSettings::from_config(config, Some(&identity.region), ca)?;
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let (events_tx, events_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("shipper".into())
             .spawn(move || run(settings, cfg, reader, shutdown_rx, events_tx))
             .map_err(|e| format!("shipper thread: {e}"))?;
-        Ok((Self { shutdown, thread }, events_rx))
+        Ok(Self { shutdown, thread })
     }
 
     /// Drain (bounded by the shipper's drain timeout) and wait for the thread.

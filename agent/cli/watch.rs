@@ -1,9 +1,11 @@
-//! `notebook-agent watch`: the resident audit daemon (watcher → hash → OCSF → spool → shipper).
+//! `notebook-agent watch`: the resident audit daemon (watcher → hash → OCSF → spool → shipper),
+//! with the drift monitor beside it (drift repair and heartbeats).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::audit::daemon::{self, Options};
+use crate::audit::drift::{DriftMonitor, DriftOptions};
 use crate::audit::shipping::Shipping;
 use crate::exit::Exit;
 
@@ -30,19 +32,37 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
         return Ok(Exit::Ok);
     }
     let opts = Options::from_config(&g.root, &g.config, args.stdout);
+    // One channel for every producer of agent events (the drift monitor, the shipper): the
+    // daemon writes them to the spool in the order they arrive.
+    let (events_tx, events_rx) = std::sync::mpsc::channel();
+    let drift = match DriftMonitor::start(
+        g.root.clone(),
+        g.config.clone(),
+        DriftOptions::from_config(&g.config),
+        Arc::clone(&stop),
+        events_tx.clone(),
+    ) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::error!(error = %e, "No drift repair and no heartbeats.");
+            None
+        }
+    };
     let mut shipping = None;
-    let report = daemon::run(&g.root, opts, stop, |reader| {
-        match Shipping::start(&g.root, &g.config, reader) {
-            Ok((s, events)) => {
-                shipping = Some(s);
-                Some(events)
-            }
+    let report = daemon::run(&g.root, opts, Arc::clone(&stop), |reader| {
+        match Shipping::start_with_events(&g.root, &g.config, reader, events_tx) {
+            Ok(s) => shipping = Some(s),
             Err(e) => {
                 tracing::error!(error = %e, "Not shipping to CloudWatch Logs; records stay in the spool.");
-                None
             }
         }
+        Some(events_rx)
     });
+    // A pipeline that failed must not leave the monitor running.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(d) = drift {
+        d.join();
+    }
     // Whatever happened to the pipeline, let the shipper drain what the spool holds.
     if let Some(s) = shipping {
         s.stop();

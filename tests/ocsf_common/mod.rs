@@ -8,7 +8,7 @@ use notebook_agent::audit::change::{
     AgentEvent, ChangeKind, ControlFailure, FileFacts, FileKind, FsChange, Source,
 };
 use notebook_agent::audit::ocsf::{self, Context};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const ARN: &str = "arn:aws:sagemaker:eu-west-1:123456789012:notebook-instance/research-nb";
 
@@ -201,34 +201,89 @@ pub fn agent_examples() -> Vec<(&'static str, &'static str, AgentEvent)> {
         ),
         (
             "drift-found",
-            "A control drifted (same finding uid as its repair).",
+            "A control drifted after one of its files changed (same finding uid as its repair).",
             AgentEvent::DriftFound {
-                control: "sudoers".into(),
+                control: "root_access".into(),
                 title: "Root rights".into(),
-                evidence: "/etc/sudoers.d/90-user grants ec2-user ALL".into(),
+                evidence: "ec2-user is in wheel; sudo -l -U ec2-user: may run (ALL) ALL".into(),
+                changed: vec![PathBuf::from("/etc/group")],
             },
         ),
         (
             "drift-repaired",
-            "The drift was put back; the finding is closed.",
+            "The drift was put back by a re-apply; the finding is closed.",
             AgentEvent::DriftRepaired {
-                control: "sudoers".into(),
+                control: "root_access".into(),
                 title: "Root rights".into(),
-                evidence: "/etc/sudoers.d/90-user removed".into(),
+                evidence: "re-applied in 41 ms: replaced /etc/group; now PASS: sudo -l -U ec2-user: not allowed; ec2-user groups: ec2-user adm".into(),
+            },
+        ),
+        (
+            "drift-repair-failed",
+            "The re-apply failed or left the control failing; the finding stays open.",
+            AgentEvent::DriftRepairFailed {
+                control: "root_access".into(),
+                title: "Root rights".into(),
+                error: "re-apply failed: validation failed, nothing was changed: root_access: /etc/sudoers: visudo -cf: syntax error near line 3".into(),
             },
         ),
         (
             "heartbeat",
-            "Periodic status.",
+            "Periodic status: the `status --json` object (docs/STATUS.md) in `unmapped.status`.",
             AgentEvent::Heartbeat {
                 uptime_secs: 86_400,
                 drifted: vec![],
                 spool_pending: 12,
                 spool_dropped: 0,
                 watches: 812,
+                status: status_example(true),
+            },
+        ),
+        (
+            "heartbeat-non-compliant",
+            "A heartbeat while a control stays non-compliant (`drift.reapply` off, or the repair failed): `compliance.status_id` 3.",
+            AgentEvent::Heartbeat {
+                uptime_secs: 3_600,
+                drifted: vec!["pip".into()],
+                spool_pending: 0,
+                spool_dropped: 0,
+                watches: 812,
+                status: status_example(false),
             },
         ),
     ]
+}
+
+/// A `status --json` object as a heartbeat carries it.
+pub fn status_example(compliant: bool) -> Value {
+    let pip = if compliant {
+        json!({"control": "pip", "title": "pip mirror", "status": "PASS",
+               "evidence": "index-url https://pypi.corp.example/simple in 4 pip.conf files"})
+    } else {
+        json!({"control": "pip", "title": "pip mirror", "status": "FAIL",
+               "evidence": "/etc/pip.conf: contents differ"})
+    };
+    json!({
+        "version": 1,
+        "agent_version": "0.1.0",
+        "compliant": compliant,
+        "audit_healthy": true,
+        "controls": [
+            {"control": "root_access", "title": "Root rights", "status": "PASS",
+             "evidence": "sudo -l -U ec2-user: not allowed; ec2-user groups: ec2-user adm"},
+            pip,
+            {"control": "proxy", "title": "Proxy", "status": "NOT_CONFIGURED",
+             "evidence": "no proxy section in the config"},
+            {"control": "environment", "title": "sagemaker_environment.py", "status": "PASS",
+             "evidence": "sagemaker_environment importable via 4 .pth files and the service PYTHONPATH"}
+        ],
+        "audit": [
+            {"control": "audit_daemon", "title": "Audit daemon", "status": "PASS",
+             "evidence": "pid 2417 up 24 h, RSS 9 MB, 812 watches, 5120 events, 0 dropped, 0 rescans"},
+            {"control": "shipping", "title": "Shipping", "status": "PASS",
+             "evidence": "spool: 0 bytes unshipped, last PutLogEvents 3 s ago; 5120 shipped, 0 retried, 0 rejected"}
+        ]
+    })
 }
 
 /// Every example as (name, description, record), in document order.
