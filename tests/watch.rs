@@ -323,8 +323,9 @@ fn kill_9_loses_nothing_spooled_and_the_restart_reports_what_changed_while_down(
     for i in 0..200 {
         std::fs::write(sm.join(format!("f{i}.txt")), format!("{i}")).expect("write");
     }
-    // The spool syncs at least every 100 ms; give the pipeline time to take all 200 in.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The spool syncs at least every 100 ms and, after changes, the snapshot follows within 2 s:
+    // give the pipeline time for both.
+    std::thread::sleep(Duration::from_millis(3500));
     d.signal(Signal::SIGKILL);
     let mut d = d;
     let _ = d.child.wait();
