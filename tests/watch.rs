@@ -364,6 +364,12 @@ fn kill_9_loses_nothing_spooled_and_the_restart_reports_what_changed_while_down(
             1,
             "f{i}.txt created live"
         );
+        // The snapshot followed the spool before the kill: no second report at catch-up.
+        assert_eq!(
+            has(1, &format!("f{i}.txt"), "catch_up"),
+            0,
+            "f{i}.txt reported twice"
+        );
     }
     for i in 0..10 {
         assert_eq!(
