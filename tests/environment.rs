@@ -168,6 +168,21 @@ fn config_values_and_metadata_render_into_a_module_python_reads_exactly() {
         "{}",
         stdout(&status)
     );
+    // The module itself changed (as root: the user cannot): FAIL naming it, apply repairs.
+    let module = t.join(MODULE);
+    let mut text = std::fs::read_to_string(&module).expect("read");
+    text.push_str("SAGEMAKER_VPC = 'vpc-evil'\n");
+    std::fs::write(&module, text).expect("write");
+    let status = agent(&["status", "--root", r]);
+    assert_eq!(status.status.code(), Some(3), "{}", out(&status));
+    assert!(
+        stdout(&status).contains("sagemaker_environment.py: contents differ"),
+        "{}",
+        stdout(&status)
+    );
+    let repair = agent(&["apply", "--root", r]);
+    assert_eq!(repair.status.code(), Some(0), "{}", out(&repair));
+    assert!(!t.read(MODULE).contains("vpc-evil"));
 
     let revert = agent(&["revert", "--root", r]);
     assert_eq!(revert.status.code(), Some(0), "{}", out(&revert));
