@@ -16,6 +16,14 @@ pub struct Args {
 
 pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
     let g = Globals::load(cli)?;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "status: running as uid {}: checks that read root-only files (/etc/sudoers, \
+             /etc/sudoers.d, /etc/gshadow, the agent's state in /var/lib/notebook-agent) and ask \
+             sudo need root and may show UNKNOWN; run it as root for the full evidence",
+            nix::unistd::geteuid()
+        );
+    }
     let runner = RealRunner::new(g.root.clone());
     let report = status::collect(
         &g.root,
