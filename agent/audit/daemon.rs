@@ -552,7 +552,9 @@ pub fn run(
     }
     p.report.stopped_ms = Some(now_ms());
     p.save_report(&opts.state_dir);
-    let _ = stopper.join();
+    if let Some(s) = stopper {
+        let _ = s.join();
+    }
     Ok(p.report)
 }
 
@@ -565,7 +567,7 @@ fn pump(
     extra: Option<&Receiver<AgentEvent>>,
     stop: &AtomicBool,
     opts: &Options,
-) -> Result<std::thread::JoinHandle<()>, String> {
+) -> Result<Option<std::thread::JoinHandle<()>>, String> {
     let mut watcher = Some(watcher);
     let mut stopper = None;
     // The first snapshot right away: the tree as this start found it, so a crash before the
@@ -645,10 +647,5 @@ fn pump(
             next_report = now + opts.report_every;
         }
     }
-    match stopper {
-        Some(s) => Ok(s),
-        None => std::thread::Builder::new()
-            .spawn(|| {})
-            .map_err(|e| format!("thread: {e}")),
-    }
+    Ok(stopper)
 }

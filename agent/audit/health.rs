@@ -21,16 +21,6 @@ const STALE_MS: i64 = 15_000;
 /// Unshipped records with no successful delivery for this long is a failing shipper.
 const SHIP_STALE_MS: i64 = 5 * 60_000;
 
-fn unit_installed(root: &Root) -> bool {
-    [
-        "/etc/systemd/system",
-        "/usr/lib/systemd/system",
-        "/lib/systemd/system",
-    ]
-    .iter()
-    .any(|d| root.path(d).join(UNIT).exists())
-}
-
 fn finding(
     control: &'static str,
     title: &'static str,
@@ -95,8 +85,8 @@ pub fn findings(root: &Root, config: &ValidConfig, now_ms: i64) -> Vec<Finding> 
         ];
     }
     // Counted only where systemd runs the installed unit (not in a chroot or an image build).
-    let systemd = root.path("/run/systemd/system").is_dir();
-    let counted = unit_installed(root) && systemd;
+    let systemd = crate::harden::systemd_runs(root);
+    let counted = crate::harden::unit_installed(root, UNIT) && systemd;
     let missing_status = if counted {
         Status::Fail
     } else {

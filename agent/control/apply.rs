@@ -251,41 +251,40 @@ pub fn run_commands(
             control: control.id(),
             message,
         };
-        if let Action::Run {
+        let Action::Run {
             command,
             reason,
             when_changed,
             must_succeed,
         } = action
-        {
-            {
-                if !when_changed.is_empty() && !when_changed.iter().any(|p| changed.contains(p)) {
-                    continue;
-                }
-                if !progress.ran.insert(command.to_string()) {
-                    continue;
-                }
-                let result = ctx.runner.run(command);
-                let outcome = match result {
-                    Ok(o) if o.success() => {
-                        tracing::info!(control = control.id(), command = %command, reason = %reason, "Ran command.");
-                        "ran".to_string()
-                    }
-                    Ok(o) => format!("failed (exit {:?}): {}", o.code, o.message()),
-                    Err(e) => format!("failed: {e}"),
-                };
-                if outcome != "ran" {
-                    if *must_succeed {
-                        return Err(fail(format!("{command}: {outcome}")));
-                    }
-                    tracing::warn!(control = control.id(), command = %command, "Command {outcome}.");
-                }
-                out[i].push(Change {
-                    target: command.to_string(),
-                    outcome,
-                });
-            }
+        else {
+            continue;
+        };
+        if !when_changed.is_empty() && !when_changed.iter().any(|p| changed.contains(p)) {
+            continue;
         }
+        if !progress.ran.insert(command.to_string()) {
+            continue;
+        }
+        let result = ctx.runner.run(command);
+        let outcome = match result {
+            Ok(o) if o.success() => {
+                tracing::info!(control = control.id(), command = %command, reason = %reason, "Ran command.");
+                "ran".to_string()
+            }
+            Ok(o) => format!("failed (exit {:?}): {}", o.code, o.message()),
+            Err(e) => format!("failed: {e}"),
+        };
+        if outcome != "ran" {
+            if *must_succeed {
+                return Err(fail(format!("{command}: {outcome}")));
+            }
+            tracing::warn!(control = control.id(), command = %command, "Command {outcome}.");
+        }
+        out[i].push(Change {
+            target: command.to_string(),
+            outcome,
+        });
     }
     Ok(out)
 }

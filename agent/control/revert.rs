@@ -91,7 +91,7 @@ pub fn reload_services(
     runner: &dyn crate::host::CommandRunner,
     restored: &[Restored],
 ) -> Vec<String> {
-    use crate::harden::{restart_unit_exists, JUPYTER_UNIT};
+    use crate::harden::{systemd_runs, unit_installed, JUPYTER_UNIT};
     use crate::host::HostCommand;
     let touched = |prefixes: &[&str]| {
         restored
@@ -107,7 +107,7 @@ pub fn reload_services(
         };
         out.push(line);
     };
-    if touched(&["/etc/systemd/system"]) && root.path("/run/systemd/system").is_dir() {
+    if touched(&["/etc/systemd/system"]) && systemd_runs(root) {
         run(HostCommand::new("systemctl", ["daemon-reload"]));
     }
     let env_sources = [
@@ -117,7 +117,7 @@ pub fn reload_services(
         "/etc/bash.bashrc",
         "/etc/group",
     ];
-    if touched(&env_sources) && restart_unit_exists(root) {
+    if touched(&env_sources) && systemd_runs(root) && unit_installed(root, JUPYTER_UNIT) {
         run(HostCommand::new(
             "systemctl",
             ["--no-block", "restart", JUPYTER_UNIT],

@@ -25,7 +25,6 @@ use crate::config::{validate, EnvironmentConfig};
 use crate::control::{Action, Context, Control, Finding, Plan, Status};
 use crate::host::imds::{self, Imds};
 use crate::host::metadata::NotebookIdentity;
-use crate::host::HostCommand;
 
 pub const MODULE_DIR: &str = "/usr/local/lib/notebook-agent/python";
 pub const MODULE: &str = "/usr/local/lib/notebook-agent/python/sagemaker_environment.py";
@@ -217,7 +216,7 @@ def vpc_config():
 /// site-packages of the system Pythons (Debian `dist-packages`, Amazon Linux `site-packages`).
 fn system_site_dirs(ctx: &Context<'_>) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if is_real_dir(ctx, Path::new("/usr/lib/python3/dist-packages")) {
+    if envs::is_real_dir(ctx, Path::new("/usr/lib/python3/dist-packages")) {
         out.push(PathBuf::from("/usr/lib/python3/dist-packages"));
     }
     for lib in ["/usr/lib", "/usr/lib64", "/usr/local/lib"] {
@@ -232,16 +231,12 @@ fn system_site_dirs(ctx: &Context<'_>) -> Vec<PathBuf> {
         names.sort();
         for n in names {
             let p = Path::new(lib).join(n).join("site-packages");
-            if is_real_dir(ctx, &p) {
+            if envs::is_real_dir(ctx, &p) {
                 out.push(p);
             }
         }
     }
     out
-}
-
-fn is_real_dir(ctx: &Context<'_>, host: &Path) -> bool {
-    std::fs::symlink_metadata(ctx.root.path(host)).is_ok_and(|m| m.is_dir())
 }
 
 /// Every `.pth` location: each conda env's site-packages, then the system Pythons'.
@@ -303,51 +298,43 @@ impl Control for Environment {
 
 /// The files for resolved values.
 fn plan_for(ctx: &Context<'_>, values: &Values) -> Plan {
-    {
-        let module = render(values);
-        let mut actions = vec![
-            root_dir("/usr/local/lib/notebook-agent"),
-            root_dir(MODULE_DIR),
-            root_file(PathBuf::from(MODULE), module.clone()),
-        ];
-        let pths = pth_locations(ctx);
-        tracing::debug!(
-            files = %pths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "),
-            "sagemaker_environment is made importable from every Python."
-        );
-        for pth in pths {
-            actions.push(root_file(pth, format!("{MODULE_DIR}\n")));
-        }
-        let home = ctx.home();
-        if ctx.root.path(&home).is_dir() {
-            actions.push(Action::EnsureDir {
-                path: home.join(".ipython"),
-                mode: 0o755,
-                owner: user_owner(ctx),
-            });
-            actions.push(root_file(home.join(LEGACY), module));
-        } else {
-            tracing::warn!(home = %home.display(), "No home directory: the legacy ~/.ipython copy is skipped.");
-        }
-        // The service: PYTHONPATH, for kernels whose Python has no .pth (a venv made later).
-        actions.push(root_dir(super::proxy::DROPIN_DIR));
-        let mut dropin = super::managed_banner("#");
-        dropin.push_str("[Service]\n");
-        let _ = writeln!(dropin, "{}", systemd_env("PYTHONPATH", MODULE_DIR));
-        actions.push(root_file(PathBuf::from(DROPIN), dropin));
-        if ctx.root.path("/run/systemd/system").is_dir() {
-            actions.push(Action::Run {
-                command: HostCommand::new("systemctl", ["daemon-reload"]),
-                reason: "the jupyter-server drop-in changed".to_string(),
-                when_changed: vec![PathBuf::from(DROPIN)],
-                must_succeed: false,
-            });
-        }
-        if let Some(restart) = super::restart_jupyter(ctx, vec![PathBuf::from(DROPIN)]) {
-            actions.push(restart);
-        }
-        Plan::Actions(actions)
+    let module = render(values);
+    let mut actions = vec![
+        root_dir("/usr/local/lib/notebook-agent"),
+        root_dir(MODULE_DIR),
+        root_file(PathBuf::from(MODULE), module.clone()),
+    ];
+    let pths = pth_locations(ctx);
+    tracing::debug!(
+        files = %pths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "),
+        "sagemaker_environment is made importable from every Python."
+    );
+    for pth in pths {
+        actions.push(root_file(pth, format!("{MODULE_DIR}\n")));
     }
+    let home = ctx.home();
+    if ctx.root.path(&home).is_dir() {
+        actions.push(Action::EnsureDir {
+            path: home.join(".ipython"),
+            mode: 0o755,
+            owner: user_owner(ctx),
+        });
+        actions.push(root_file(home.join(LEGACY), module));
+    } else {
+        tracing::warn!(home = %home.display(), "No home directory: the legacy ~/.ipython copy is skipped.");
+    }
+    // The service: PYTHONPATH, for kernels whose Python has no .pth (a venv made later).
+    actions.push(root_dir(super::proxy::DROPIN_DIR));
+    let mut dropin = super::managed_banner("#");
+    dropin.push_str("[Service]\n");
+    let _ = writeln!(dropin, "{}", systemd_env("PYTHONPATH", MODULE_DIR));
+    actions.push(root_file(PathBuf::from(DROPIN), dropin));
+    actions.extend(super::jupyter_service(
+        ctx,
+        DROPIN,
+        vec![PathBuf::from(DROPIN)],
+    ));
+    Plan::Actions(actions)
 }
 
 #[cfg(test)]

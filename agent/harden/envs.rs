@@ -37,7 +37,7 @@ pub fn prefixes(ctx: &Context<'_>) -> Vec<PathBuf> {
 }
 
 /// A directory that is not a symlink (the user owns these trees).
-fn is_real_dir(ctx: &Context<'_>, host: &Path) -> bool {
+pub fn is_real_dir(ctx: &Context<'_>, host: &Path) -> bool {
     std::fs::symlink_metadata(ctx.root.path(host)).is_ok_and(|m| m.is_dir())
 }
 

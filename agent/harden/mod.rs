@@ -34,15 +34,30 @@ pub fn managed_banner(comment: &str) -> String {
 /// The jupyter-server unit as SageMaker installs it.
 pub const JUPYTER_UNIT: &str = "jupyter-server.service";
 
+/// Whether systemd runs under `root` (not in a chroot or an image build).
+pub fn systemd_runs(root: &crate::host::Root) -> bool {
+    root.path("/run/systemd/system").is_dir()
+}
+
+/// Whether `unit` is installed under `root`.
+pub fn unit_installed(root: &crate::host::Root, unit: &str) -> bool {
+    [
+        "/etc/systemd/system",
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+    ]
+    .iter()
+    .any(|d| root.path(d).join(unit).exists())
+}
+
 /// `systemctl --no-block restart jupyter-server` when one of `when_changed` changes in this apply,
-/// if the unit exists. Non-blocking: the lifecycle script must not wait for Jupyter.
+/// if systemd runs and the unit exists. Non-blocking: the lifecycle script must not wait for Jupyter.
 pub fn restart_jupyter(ctx: &Context<'_>, when_changed: Vec<PathBuf>) -> Option<Action> {
-    if when_changed.is_empty() {
+    if when_changed.is_empty() || !systemd_runs(ctx.root) || !unit_installed(ctx.root, JUPYTER_UNIT)
+    {
         return None;
     }
-    // Only when systemd runs (not in a chroot or an image build).
-    let running = ctx.root.path("/run/systemd/system").is_dir();
-    (running && restart_unit_exists(ctx.root)).then(|| Action::Run {
+    Some(Action::Run {
         command: HostCommand::new("systemctl", ["--no-block", "restart", JUPYTER_UNIT]),
         reason: "running processes keep old groups and environment".to_string(),
         when_changed,
@@ -50,13 +65,18 @@ pub fn restart_jupyter(ctx: &Context<'_>, when_changed: Vec<PathBuf>) -> Option<
     })
 }
 
-/// Whether the jupyter-server unit is installed under `root`.
-pub fn restart_unit_exists(root: &crate::host::Root) -> bool {
-    [
-        "/etc/systemd/system",
-        "/usr/lib/systemd/system",
-        "/lib/systemd/system",
-    ]
-    .iter()
-    .any(|d| root.path(d).join(JUPYTER_UNIT).exists())
+/// A control that writes a jupyter-server drop-in: `systemctl daemon-reload` when the drop-in
+/// changed (if systemd runs), then the restart of [`restart_jupyter`] when any of `inputs` did.
+pub fn jupyter_service(ctx: &Context<'_>, dropin: &str, inputs: Vec<PathBuf>) -> Vec<Action> {
+    let mut out = Vec::new();
+    if systemd_runs(ctx.root) {
+        out.push(Action::Run {
+            command: HostCommand::new("systemctl", ["daemon-reload"]),
+            reason: "the jupyter-server drop-in changed".to_string(),
+            when_changed: vec![PathBuf::from(dropin)],
+            must_succeed: false,
+        });
+    }
+    out.extend(restart_jupyter(ctx, inputs));
+    out
 }

@@ -14,7 +14,7 @@ use super::pip::{user_owner, CONDARC_DIR};
 use super::render::{git_value, py_str, root_dir, shell_quote, systemd_env, with_block};
 use crate::config::ProxyConfig;
 use crate::control::{Action, Context, Control, Finding, Plan, Status};
-use crate::host::{FileSpec, HostCommand, Owner};
+use crate::host::{FileSpec, Owner};
 
 pub const PROFILE: &str = "/etc/profile.d/notebook-agent-proxy.sh";
 pub const BASHRCS: &[&str] = &["/etc/bashrc", "/etc/bash.bashrc"];
@@ -198,17 +198,7 @@ impl Control for Proxy {
 
         // The service's environment: reload units, then restart Jupyter without blocking.
         let service_inputs = vec![PathBuf::from(DROPIN), PathBuf::from(PROFILE)];
-        if ctx.root.path("/run/systemd/system").is_dir() {
-            actions.push(Action::Run {
-                command: HostCommand::new("systemctl", ["daemon-reload"]),
-                reason: "the jupyter-server drop-in changed".to_string(),
-                when_changed: vec![PathBuf::from(DROPIN)],
-                must_succeed: false,
-            });
-        }
-        if let Some(restart) = super::restart_jupyter(ctx, service_inputs) {
-            actions.push(restart);
-        }
+        actions.extend(super::jupyter_service(ctx, DROPIN, service_inputs));
         Ok(Plan::Actions(actions))
     }
 
