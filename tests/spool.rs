@@ -17,6 +17,7 @@ fn opts(segment_bytes: u64) -> SpoolOptions {
         max_bytes: 1 << 30,
         segment_bytes,
         sync_interval: Duration::from_millis(100),
+        ..SpoolOptions::default()
     }
 }
 

@@ -77,6 +77,8 @@ impl Options {
         };
         let spool = SpoolOptions {
             max_bytes: config.audit.spool_max_bytes,
+            // The watch snapshot lives beside the spool, on the same persistent volume.
+            companions: vec![super::snapshot::SNAPSHOT_FILE.to_string()],
             ..SpoolOptions::default()
         };
         Self {

@@ -97,6 +97,9 @@ pub struct SpoolOptions {
     pub segment_bytes: u64,
     /// `append` syncs by itself once the oldest unsynced record is this old.
     pub sync_interval: Duration,
+    /// Files the directory's owner keeps beside the spool (and their temp files `.NAME.*`); any
+    /// other foreign entry is reported as an anomaly.
+    pub companions: Vec<String>,
 }
 
 impl Default for SpoolOptions {
@@ -105,6 +108,7 @@ impl Default for SpoolOptions {
             max_bytes: DEFAULT_MAX_BYTES,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             sync_interval: DEFAULT_SYNC_INTERVAL,
+            companions: Vec::new(),
         }
     }
 }
@@ -629,8 +633,11 @@ pub fn open(
             ack_present = true;
         } else if name == ACK_TMP {
             dir.unlink(ACK_TMP)?;
-        } else if name == super::snapshot::SNAPSHOT_FILE || name.starts_with(".watch.snapshot.") {
-            // The daemon keeps the watch snapshot beside the spool (same persistent volume).
+        } else if opts
+            .companions
+            .iter()
+            .any(|c| name == *c || name.starts_with(&format!(".{c}.")))
+        {
         } else {
             anomalies.push(Anomaly::UnexpectedEntry { name });
         }
@@ -1434,6 +1441,7 @@ mod tests {
             max_bytes: 1 << 30,
             segment_bytes: 4096,
             sync_interval: Duration::from_secs(3600),
+            ..SpoolOptions::default()
         }
     }
 
