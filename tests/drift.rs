@@ -6,17 +6,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::{agent, stderr, stdout, TempRoot, TEST_ENV};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use common::watch::{read_spool, Daemon};
+use common::{agent, stderr, stdout, TempRoot};
 use notebook_agent::audit::daemon::{self, Options};
 use notebook_agent::audit::drift::{DriftMonitor, DriftOptions};
-use notebook_agent::audit::spool::{self, SpoolOptions};
 use notebook_agent::config;
 use notebook_agent::host::Root;
 use serde_json::Value;
@@ -26,62 +23,9 @@ const NO_SHIPPING: &str = r#"{"audit": {"endpoint_url": "http://127.0.0.1:9", "d
 const SPOOL: &str = "home/ec2-user/SageMaker/.notebook-agent";
 const DEADLINE: Duration = Duration::from_secs(5);
 
-/// The binary running `watch` (spool mode), killed if a test fails.
-struct Daemon {
-    child: Child,
-    stopped: bool,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if !self.stopped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Daemon {
-    fn start(root: &TempRoot) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_notebook-agent"));
-        cmd.args(["watch", "--root", root.path().to_str().expect("utf-8")])
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in TEST_ENV {
-            cmd.env(k, v);
-        }
-        Self {
-            child: cmd.spawn().expect("spawn notebook-agent watch"),
-            stopped: false,
-        }
-    }
-
-    fn stop(mut self) {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("kill");
-        let status = self.child.wait().expect("wait");
-        self.stopped = true;
-        assert_eq!(status.code(), Some(0), "watch exits 0 on SIGTERM");
-    }
-}
-
-fn read_spool(dir: &Path) -> Vec<Value> {
-    let (_w, mut reader, _report) = spool::open(dir, SpoolOptions::default()).expect("spool");
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let batch = reader.read_from(after, 10_000, 64 << 20).expect("read");
-        let Some(last) = batch.last() else { break };
-        after = last.seq;
-        out.extend(
-            batch
-                .iter()
-                .map(|r| serde_json::from_slice::<Value>(&r.payload).expect("JSON")),
-        );
-    }
-    out
+/// The spool's records, without their sequence numbers.
+fn records(dir: &Path) -> Vec<Value> {
+    read_spool(dir).into_iter().map(|(_, r)| r).collect()
 }
 
 /// Polls `f` until it holds; the time it took.
@@ -130,7 +74,7 @@ fn heartbeat(r: &Value) -> bool {
 #[test]
 fn wheel_membership_and_a_sudoers_drop_in_are_undone_within_5_s_and_spooled() {
     let t = applied_root();
-    let d = Daemon::start(&t);
+    let d = Daemon::start(&t, false);
     within(Duration::from_secs(10), "daemon.json", || {
         t.join("var/lib/notebook-agent/daemon.json").exists()
     });
@@ -160,8 +104,8 @@ fn wheel_membership_and_a_sudoers_drop_in_are_undone_within_5_s_and_spooled() {
 
     // The events reach the spool within the pipeline's 100 ms loop.
     std::thread::sleep(Duration::from_millis(300));
-    d.stop();
-    let records = read_spool(&t.join(SPOOL));
+    let _ = d.stop();
+    let records = records(&t.join(SPOOL));
     let found: Vec<&Value> = records.iter().filter(|r| drift(r, 1)).collect();
     let repaired: Vec<&Value> = records.iter().filter(|r| drift(r, 3)).collect();
     let dump = || {
@@ -256,7 +200,7 @@ fn heartbeats_come_every_period_and_at_every_change_of_compliance() {
     monitor.join();
     let total = drifted_at.elapsed() + Duration::from_millis(1000);
 
-    let records = read_spool(&spool_dir);
+    let records = records(&spool_dir);
     let beats: Vec<&Value> = records.iter().filter(|r| heartbeat(r)).collect();
     let states: Vec<bool> = beats
         .iter()

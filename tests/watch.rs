@@ -10,19 +10,17 @@ mod moto;
 mod ocsf_common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TempRoot, TEST_ENV};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use common::watch::{read_spool, Daemon};
+use common::TempRoot;
+use nix::sys::signal::Signal;
 use notebook_agent::audit::daemon::{self, Options};
-use notebook_agent::audit::spool::{self, SpoolOptions};
 use notebook_agent::host::Root;
 use serde_json::Value;
 
@@ -31,105 +29,6 @@ const SM: &str = "home/ec2-user/SageMaker";
 /// Spool-mode tests that are not about shipping: CloudWatch is a closed loopback port (nothing
 /// is delivered, nothing leaves the machine) and the stop drain is 1 s.
 const NO_SHIPPING: &str = r#"{"audit": {"endpoint_url": "http://127.0.0.1:9", "drain_secs": 1}}"#;
-
-/// The binary running `watch`, its stdout collected line by line.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    stopped: bool,
-}
-
-impl Drop for Daemon {
-    /// A failing test must not leave a daemon behind.
-    fn drop(&mut self) {
-        if !self.stopped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Daemon {
-    fn start(root: &TempRoot, stdout_mode: bool) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_notebook-agent"));
-        cmd.args(["watch", "--root", root.path().to_str().expect("utf-8")]);
-        if stdout_mode {
-            cmd.arg("--stdout");
-        }
-        cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in TEST_ENV {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn notebook-agent watch");
-        let out = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().expect("lock").push(line);
-            }
-        });
-        Self {
-            child,
-            lines,
-            stopped: false,
-        }
-    }
-
-    fn records(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
-    }
-
-    /// Waits (up to `secs`) until a record satisfies `f`; only new lines are parsed each time.
-    fn wait_for_within(&self, secs: u64, what: &str, f: impl Fn(&Value) -> bool) {
-        let until = Instant::now() + Duration::from_secs(secs);
-        let mut seen = 0;
-        while Instant::now() < until {
-            let new: Vec<String> = {
-                let lines = self.lines.lock().expect("lock");
-                let new = lines[seen..].to_vec();
-                seen = lines.len();
-                new
-            };
-            if new
-                .iter()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .any(|r| f(&r))
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let n = self.lines.lock().expect("lock").len();
-        panic!("no record for {what} within {secs} s ({n} records)");
-    }
-
-    fn wait_for(&self, what: &str, f: impl Fn(&Value) -> bool) {
-        self.wait_for_within(10, what, f)
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), sig).expect("kill");
-    }
-
-    fn stop(mut self) -> Vec<Value> {
-        self.signal(Signal::SIGTERM);
-        let status = self.child.wait().expect("wait");
-        self.stopped = true;
-        assert_eq!(status.code(), Some(0), "watch exits 0 on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-        self.records()
-    }
-}
 
 fn started(r: &Value) -> bool {
     r["class_uid"] == 6002 && r["activity_id"] == 3
@@ -281,24 +180,6 @@ fn every_file_action_gives_exactly_its_event_and_every_record_is_valid_ocsf() {
             .is_some_and(|r| r["class_uid"] == 6002 && r["activity_id"] == 4),
         "the last record says the agent stopped"
     );
-}
-
-/// All records in the spool, in order.
-fn read_spool(dir: &Path) -> Vec<(u64, Value)> {
-    let (_w, mut reader, _report) = spool::open(dir, SpoolOptions::default()).expect("spool");
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let batch = reader.read_from(after, 10_000, 64 << 20).expect("read");
-        let Some(last) = batch.last() else { break };
-        after = last.seq;
-        out.extend(
-            batch
-                .iter()
-                .map(|r| (r.seq, serde_json::from_slice(&r.payload).expect("JSON"))),
-        );
-    }
-    out
 }
 
 fn source(r: &Value) -> &str {

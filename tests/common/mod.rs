@@ -10,6 +10,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod watch;
+
 /// A temp directory used as `--root`.
 pub struct TempRoot {
     pub dir: tempfile::TempDir,
