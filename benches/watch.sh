@@ -11,20 +11,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 size="${1:-6G}"
 target_dir="${CARGO_TARGET_DIR:-$here/target}"
-work="$(mktemp -d /tmp/watch-bench.XXXXXX)"
-image="$work/ext4.img"
-mnt="$work/mnt"
-mounted=0
-
-cleanup() {
-    if [ "$mounted" = 1 ]; then
-        umount "$mnt" || umount -l "$mnt" || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
 cd "$here"
+# shellcheck source=lib/ext4-image.sh
+. benches/lib/ext4-image.sh
 if [ -z "${WATCH_BENCH_BIN:-}" ]; then
     WATCH_BENCH_BIN="$target_dir/x86_64-unknown-linux-musl/release/notebook-agent"
     if [ ! -x "$WATCH_BENCH_BIN" ]; then
@@ -35,14 +24,9 @@ export WATCH_BENCH_BIN
 # Build the bench before mounting, so a long build does not hold the image.
 cargo bench --bench watch --no-run
 
-truncate -s "$size" "$image"
 # Inodes: up to 3 roots of ~110,000 files each may exist at once (throughput roots are removed).
-mkfs.ext4 -q -F -O has_journal -N 600000 "$image"
-mkdir "$mnt"
-mount -o loop,noatime "$image" "$mnt"
-mounted=1
-findmnt -no SOURCE,FSTYPE,OPTIONS "$mnt"
+bench_ext4_mount "$size" 600000
 echo "binary: $WATCH_BENCH_BIN ($(stat -c %s "$WATCH_BENCH_BIN") bytes)"
 
-export WATCH_BENCH_DIR="$mnt"
+export WATCH_BENCH_DIR="$BENCH_MNT"
 cargo bench --bench watch
