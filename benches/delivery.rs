@@ -57,36 +57,7 @@ fn binary() -> PathBuf {
 
 /// Every event of the stream with moto's ingestion time: (ingestionTime, message).
 fn read_back(port: u16) -> Vec<(i64, String)> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut args = vec![
-            "get-log-events",
-            "--log-group-name",
-            GROUP,
-            "--log-stream-name",
-            STREAM,
-            "--start-from-head",
-        ];
-        if let Some(t) = &token {
-            args.push("--next-token");
-            args.push(t);
-        }
-        let v = moto::aws_logs(port, &args);
-        let events = v["events"].as_array().cloned().unwrap_or_default();
-        let next = v["nextForwardToken"].as_str().map(str::to_string);
-        let done = events.is_empty() || next.is_none() || next == token;
-        for e in events {
-            out.push((
-                e["ingestionTime"].as_i64().expect("ingestionTime"),
-                e["message"].as_str().expect("message").to_string(),
-            ));
-        }
-        if done {
-            return out;
-        }
-        token = next;
-    }
+    moto::read_back_with(port, GROUP, STREAM, "ingestionTime")
 }
 
 fn shipper_json(t: &TempRoot) -> Value {

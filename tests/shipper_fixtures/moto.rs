@@ -163,6 +163,11 @@ pub fn aws_logs(port: u16, args: &[&str]) -> serde_json::Value {
 
 /// Every event of a stream, oldest first, paginated with `get-log-events --start-from-head`.
 pub fn read_back(port: u16, group: &str, stream: &str) -> Vec<(i64, String)> {
+    read_back_with(port, group, stream, "timestamp")
+}
+
+/// [`read_back`] pairing each message with another of the event's times (`ingestionTime`).
+pub fn read_back_with(port: u16, group: &str, stream: &str, time: &str) -> Vec<(i64, String)> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -184,7 +189,7 @@ pub fn read_back(port: u16, group: &str, stream: &str) -> Vec<(i64, String)> {
         let done = events.is_empty() || next.is_none() || next == token;
         for e in events {
             out.push((
-                e["timestamp"].as_i64().expect("timestamp"),
+                e[time].as_i64().expect("event time"),
                 e["message"].as_str().expect("message").to_string(),
             ));
         }
