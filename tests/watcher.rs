@@ -6,10 +6,11 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use notebook_agent::audit::change::{AgentEvent, ChangeKind, FileKind, FsChange, Source};
+use notebook_agent::audit::queue::Receiver;
 use notebook_agent::audit::snapshot::{catch_up, Snapshot};
 use notebook_agent::audit::watcher::{Output, StartInfo, WatchConfig, Watcher};
 
@@ -94,7 +95,7 @@ fn summary(root: &Path, outs: &[Output]) -> Vec<String> {
 fn agent_events(outs: &[Output]) -> Vec<AgentEvent> {
     outs.iter()
         .filter_map(|o| match o {
-            Output::Agent(a) => Some(a.clone()),
+            Output::Agent(a) => Some((**a).clone()),
             Output::Change(_) | Output::Snapshot(_) => None,
         })
         .collect()

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::change::{now_ms, AgentEvent, FsChange};
 use super::hash::{HashConfig, HashInput, HashOutput, Hasher, TrySubmitError};
 use super::ocsf::{self, Context as OcsfContext};
+use super::queue;
 use super::snapshot::{Loaded, Snapshot};
 use super::spool::{self, Appended, SpoolOptions, SpoolReader, SpoolWriter};
 use super::watcher::{Output, WatchConfig, Watcher};
@@ -565,7 +566,7 @@ pub fn run(
 fn pump(
     p: &mut Pipeline,
     watcher: Watcher,
-    out_rx: &Receiver<Output>,
+    out_rx: &queue::Receiver<Output>,
     extra: Option<&Receiver<AgentEvent>>,
     stop: &AtomicBool,
     opts: &Options,
@@ -601,7 +602,7 @@ fn pump(
                     let Some(o) = next.take() else { break };
                     match o {
                         Output::Change(ch) => p.submit(*ch)?,
-                        Output::Agent(ev) => p.agent(ev),
+                        Output::Agent(ev) => p.agent(*ev),
                         Output::Snapshot(s) => p.order.push_back(Item::Snapshot(s)),
                     }
                     next = out_rx.try_recv().ok();
@@ -609,7 +610,7 @@ fn pump(
                 if let Some(o) = next {
                     match o {
                         Output::Change(ch) => p.submit(*ch)?,
-                        Output::Agent(ev) => p.agent(ev),
+                        Output::Agent(ev) => p.agent(*ev),
                         Output::Snapshot(s) => p.order.push_back(Item::Snapshot(s)),
                     }
                 }

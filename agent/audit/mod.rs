@@ -11,6 +11,7 @@ pub mod drift;
 pub mod hash;
 pub mod health;
 pub mod ocsf;
+pub mod queue;
 pub mod shipper;
 pub mod shipping;
 pub mod snapshot;

@@ -41,7 +41,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -53,6 +53,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDe
 use nix::sys::stat::{FileStat, Mode};
 
 use super::change::{now_ms, AgentEvent, ChangeKind, FileFacts, FileKind, FsChange, Source};
+use super::queue::{self, Receiver, Sender};
 use super::snapshot::{diff, Snapshot};
 
 /// Excluded path components unless configured otherwise.
@@ -127,10 +128,10 @@ pub enum WatchError {
 /// What the watcher produces.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Boxed: the output channel is bounded and its slots are allocated up front, so a slot is
-    /// one pointer rather than a whole change (65,536 slots: 0.5 MB instead of 12 MB).
+    /// Boxed, as is `Agent`: a burst can fill the output queue, and a queued item is then one
+    /// pointer rather than a whole change.
     Change(Box<FsChange>),
-    Agent(AgentEvent),
+    Agent(Box<AgentEvent>),
     /// The in-memory tree encoded ([`Snapshot::encode`]), in order with the changes: every change
     /// it reflects was sent before it. Sent on [`Watcher::request_snapshot`] and as the last output
     /// at stop (after pending writes and moves are flushed), so the daemon can persist it once
@@ -182,7 +183,7 @@ struct Shared {
 
 /// A running watcher. Dropping it stops it (as [`Watcher::stop`]).
 pub struct Watcher {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
     shared: Arc<Shared>,
     processor: Option<JoinHandle<()>>,
     reader: Option<JoinHandle<()>>,
@@ -203,8 +204,8 @@ impl Watcher {
         }
         let excludes = build_globs(&config.exclude_globs)?;
         let shared = Arc::new(Shared::default());
-        let (tx, rx) = mpsc::sync_channel::<Msg>(config.queue_capacity.max(1));
-        let (out_tx, out_rx) = mpsc::sync_channel::<Output>(config.output_capacity.max(1));
+        let (tx, rx) = queue::bounded::<Msg>(config.queue_capacity);
+        let (out_tx, out_rx) = queue::bounded::<Output>(config.output_capacity);
 
         let mut init_error = None;
         let inotify = match Inotify::init(InitFlags::IN_CLOEXEC) {
@@ -312,7 +313,7 @@ impl Drop for Watcher {
 }
 
 /// The reader: nothing but `read(2)` and `try_send`.
-fn read_loop(ino: &Inotify, tx: &SyncSender<Msg>, shared: &Shared) {
+fn read_loop(ino: &Inotify, tx: &Sender<Msg>, shared: &Shared) {
     loop {
         let events = match ino.read_events() {
             Ok(ev) => ev,
@@ -390,7 +391,7 @@ struct Processor {
     excludes: GlobSet,
     inotify: Option<Arc<Inotify>>,
     shared: Arc<Shared>,
-    out: SyncSender<Output>,
+    out: Sender<Output>,
     out_closed: bool,
     proc_fd: bool,
     /// The known tree: every path (roots included) with its last seen facts.
@@ -415,7 +416,7 @@ impl Processor {
         excludes: GlobSet,
         inotify: Option<Arc<Inotify>>,
         shared: Arc<Shared>,
-        out: SyncSender<Output>,
+        out: Sender<Output>,
     ) -> Self {
         let next_scan = Instant::now() + cfg.scan_interval;
         Self {
@@ -474,7 +475,7 @@ impl Processor {
                 error: format!("inotify_init: {e}"),
                 scan_interval_secs: self.cfg.scan_interval.as_millis().div_ceil(1000) as u64,
             };
-            self.emit(Output::Agent(ev));
+            self.emit(Output::Agent(Box::new(ev)));
         }
     }
 
@@ -720,29 +721,29 @@ impl Processor {
         if !exists && self.cfg.roots.iter().any(|r| r == top) {
             self.missing_roots.insert(top.to_path_buf());
         }
-        let old: BTreeMap<PathBuf, FileFacts> = subtree(&self.state, top)
-            .map(|(p, f)| (p.clone(), f.clone()))
-            .collect();
+        // The subtree's old entries are moved out of the state, not copied: a rescan of a root
+        // after an overflow in a burst would otherwise hold the whole tree three times.
+        let old = take_subtree(&mut self.state, top);
         let changes = diff(&old, &found, Source::Rescan);
         for p in old.keys() {
             if !found.contains_key(p) {
-                self.state.remove(p);
                 self.forget_watch(p);
             }
         }
-        self.state.extend(found);
+        drop(old);
+        self.state.append(&mut found);
         let n = changes.len() as u64;
         for c in changes {
             self.emit(Output::Change(Box::new(c)));
         }
         if always || n > 0 {
             tracing::warn!(path = %top.display(), reason, changes = n, lost_notifications = lost, "Rescanned watched tree.");
-            self.emit(Output::Agent(AgentEvent::Rescan {
+            self.emit(Output::Agent(Box::new(AgentEvent::Rescan {
                 path: top.to_path_buf(),
                 reason: reason.to_string(),
                 changes: n,
                 lost_notifications: lost,
-            }));
+            })));
         }
         self.report_limit(top, ctx);
     }
@@ -773,7 +774,7 @@ impl Processor {
                 self.unwatched.insert(d);
             }
         }
-        self.emit(Output::Agent(AgentEvent::WatchLimit {
+        self.emit(Output::Agent(Box::new(AgentEvent::WatchLimit {
             path: top.to_path_buf(),
             sysctl: if sysctl.is_empty() {
                 SYSCTL_WATCHES.to_string()
@@ -782,7 +783,7 @@ impl Processor {
             },
             error: format!("{err}: {n} directories not watched (first: {first})"),
             scan_interval_secs: self.cfg.scan_interval.as_millis().div_ceil(1000) as u64,
-        }));
+        })));
     }
 
     // ---- exclusion ----
@@ -1376,6 +1377,24 @@ fn subtree<'a>(
         .take_while(move |(p, _)| p.starts_with(top))
 }
 
+/// Removes `top` and everything below it from `m` and returns them. Below-`top` paths are one
+/// contiguous range in `Path` order (components compare one by one).
+/// A small subtree is moved out entry by entry; a large one (a root after an overflow) by splitting
+/// the map, which costs a pass over the entries after it instead of a lookup per entry.
+fn take_subtree(m: &mut BTreeMap<PathBuf, FileFacts>, top: &Path) -> BTreeMap<PathBuf, FileFacts> {
+    let n = subtree(m, top).count();
+    if n.saturating_mul(4) < m.len() {
+        let keys: Vec<PathBuf> = subtree(m, top).map(|(p, _)| p.clone()).collect();
+        return keys.iter().filter_map(|k| m.remove_entry(k)).collect();
+    }
+    let mut sub = m.split_off(top);
+    if let Some(k) = sub.keys().nth(n).cloned() {
+        let mut rest = sub.split_off(&k);
+        m.append(&mut rest);
+    }
+    sub
+}
+
 fn libc_enoent() -> i32 {
     Errno::ENOENT as i32
 }
@@ -1452,5 +1471,59 @@ fn facts_from_stat(st: &FileStat) -> FileFacts {
         sha256: None,
         hash_note: None,
         link_target: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(inode: u64) -> FileFacts {
+        FileFacts {
+            kind: FileKind::Regular,
+            size: 0,
+            uid: 0,
+            gid: 0,
+            mode: 0o644,
+            inode,
+            mtime_ms: 0,
+            sha256: None,
+            hash_note: None,
+            link_target: None,
+        }
+    }
+
+    fn map(paths: &[&str]) -> BTreeMap<PathBuf, FileFacts> {
+        paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (PathBuf::from(p), facts(i as u64)))
+            .collect()
+    }
+
+    #[test]
+    fn take_subtree_moves_exactly_the_subtree_out_small_or_large() {
+        let all = [
+            "/r", "/r/a", "/r/a/x", "/r/a/y/z", "/r/a-b", "/r/a.txt", "/r/ab", "/r/b", "/r/b/c",
+        ];
+        // "/r/a" is small next to the rest when the map is padded, large when it is not.
+        for pad in [0usize, 100] {
+            let mut m = map(&all);
+            for i in 0..pad {
+                m.insert(PathBuf::from(format!("/r/z{i:03}")), facts(1000 + i as u64));
+            }
+            let before = m.len();
+            let sub = take_subtree(&mut m, Path::new("/r/a"));
+            let got: Vec<&str> = sub.keys().filter_map(|p| p.to_str()).collect();
+            assert_eq!(got, ["/r/a", "/r/a/x", "/r/a/y/z"], "pad {pad}");
+            assert_eq!(m.len() + sub.len(), before);
+            for k in ["/r", "/r/a-b", "/r/a.txt", "/r/ab", "/r/b", "/r/b/c"] {
+                assert!(m.contains_key(Path::new(k)), "{k} must stay (pad {pad})");
+            }
+        }
+        let mut m = map(&all);
+        assert_eq!(take_subtree(&mut m, Path::new("/r")).len(), all.len());
+        assert!(m.is_empty());
+        assert!(take_subtree(&mut m, Path::new("/nothing")).is_empty());
     }
 }
