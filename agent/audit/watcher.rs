@@ -480,7 +480,7 @@ impl Processor {
     }
 
     fn initial(&mut self, baseline: Option<Snapshot>, ready: &mpsc::Sender<StartInfo>) {
-        let mut found = BTreeMap::new();
+        let mut found = Vec::new();
         for root in self.cfg.roots.clone() {
             if self.is_excluded_abs(&root) {
                 continue;
@@ -492,7 +492,7 @@ impl Processor {
             }
             self.report_limit(&root, ctx);
         }
-        self.state = found;
+        self.state = sorted(found);
         let changes = baseline
             .map(|b| diff(&b.entries, &self.state, Source::CatchUp))
             .unwrap_or_default();
@@ -715,9 +715,10 @@ impl Processor {
             self.flush(&p);
         }
         self.rescans += 1;
-        let mut found = BTreeMap::new();
+        let mut walked = Vec::new();
         let mut ctx = WalkCtx::default();
-        let exists = self.walk(top, &mut found, &mut ctx);
+        let exists = self.walk(top, &mut walked, &mut ctx);
+        let mut found = sorted(walked);
         if !exists && self.cfg.roots.iter().any(|r| r == top) {
             self.missing_roots.insert(top.to_path_buf());
         }
@@ -824,12 +825,7 @@ impl Processor {
     /// watch, then the listing, so nothing created in between is missed). Never follows a symlink:
     /// every directory is opened `O_NOFOLLOW|O_DIRECTORY` relative to its parent's fd and checked to
     /// be the inode `fstatat` saw. Returns false when `top` does not exist.
-    fn walk(
-        &mut self,
-        top: &Path,
-        out: &mut BTreeMap<PathBuf, FileFacts>,
-        ctx: &mut WalkCtx,
-    ) -> bool {
+    fn walk(&mut self, top: &Path, out: &mut Vec<(PathBuf, FileFacts)>, ctx: &mut WalkCtx) -> bool {
         let facts = match lstat_facts(top) {
             Ok(f) => f,
             Err(e) => {
@@ -841,7 +837,7 @@ impl Processor {
         };
         let is_dir = facts.kind == FileKind::Directory;
         let inode = facts.inode;
-        out.insert(top.to_path_buf(), facts);
+        out.push((top.to_path_buf(), facts));
         if !is_dir {
             return true;
         }
@@ -866,7 +862,7 @@ impl Processor {
         dir: &Path,
         watch: bool,
         depth: usize,
-        out: &mut BTreeMap<PathBuf, FileFacts>,
+        out: &mut Vec<(PathBuf, FileFacts)>,
         ctx: &mut WalkCtx,
     ) {
         let mut watch_children = watch;
@@ -890,7 +886,7 @@ impl Processor {
             if self.is_excluded_name(&name) {
                 continue;
             }
-            let path = dir.join(&name);
+            let path = join_exact(dir, &name);
             if self.is_excluded_path(&path) {
                 continue;
             }
@@ -913,7 +909,7 @@ impl Processor {
                     .map(PathBuf::from);
             }
             let is_dir = facts.kind == FileKind::Directory;
-            out.insert(path.clone(), facts);
+            out.push((path.clone(), facts));
             if !is_dir {
                 continue;
             }
@@ -1081,7 +1077,7 @@ impl Processor {
         if self.is_excluded_name(&name) {
             return;
         }
-        let path = dir.join(&name);
+        let path = join_exact(&dir, &name);
         if self.is_excluded_path(&path) {
             return;
         }
@@ -1164,10 +1160,10 @@ impl Processor {
         }
         match facts.kind {
             FileKind::Directory => {
-                let mut found = BTreeMap::new();
+                let mut walked = Vec::new();
                 let mut ctx = WalkCtx::default();
-                self.walk(path, &mut found, &mut ctx);
-                for (p, f) in found {
+                self.walk(path, &mut walked, &mut ctx);
+                for (p, f) in sorted(walked) {
                     if self.state.get(&p).is_some_and(|k| k.inode == f.inode) {
                         continue;
                     }
@@ -1259,16 +1255,13 @@ impl Processor {
                 self.forget_watch(&k);
             }
         }
-        let moved: Vec<(PathBuf, FileFacts)> = subtree(&self.state, from)
-            .map(|(p, f)| (p.clone(), f.clone()))
-            .collect();
+        let moved = take_subtree(&mut self.state, from);
         for (p, f) in moved {
-            self.state.remove(&p);
             if let Ok(rel) = p.strip_prefix(from) {
                 let np = if rel.as_os_str().is_empty() {
                     to.to_path_buf()
                 } else {
-                    to.join(rel)
+                    join_exact(to, rel.as_os_str())
                 };
                 self.state.insert(np, f);
             }
@@ -1285,7 +1278,7 @@ impl Processor {
                 let np = if rel.as_os_str().is_empty() {
                     to.to_path_buf()
                 } else {
-                    to.join(rel)
+                    join_exact(to, rel.as_os_str())
                 };
                 self.wd_path.insert(wd, np.clone());
                 self.path_wd.insert(np, wd);
@@ -1375,6 +1368,21 @@ fn subtree<'a>(
 ) -> impl Iterator<Item = (&'a PathBuf, &'a FileFacts)> + 'a {
     m.range(top.to_path_buf()..)
         .take_while(move |(p, _)| p.starts_with(top))
+}
+
+/// What a walk found, as the tree's map. Built from the list in one pass, the map's nodes are full:
+/// inserting entry by entry in directory order leaves them about a third empty.
+fn sorted(walked: Vec<(PathBuf, FileFacts)>) -> BTreeMap<PathBuf, FileFacts> {
+    walked.into_iter().collect()
+}
+
+/// `dir/name` in a buffer of exactly its size (`Path::join` may leave room for as much again, and
+/// the in-memory tree keeps one path per known file).
+fn join_exact(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
+    let mut p = PathBuf::with_capacity(dir.as_os_str().len() + 1 + name.len());
+    p.push(dir);
+    p.push(name);
+    p
 }
 
 /// Removes `top` and everything below it from `m` and returns them. Below-`top` paths are one
