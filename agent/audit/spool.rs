@@ -661,20 +661,22 @@ pub fn open(
     let mut prev_last: Option<u64> = None;
     for (&first, name) in &seg_names {
         let path = dir.file_path(name);
-        let mut file = dir.open_file(name, OFlag::O_RDWR, "open segment")?;
+        let file = dir.open_file(name, OFlag::O_RDWR, "open segment")?;
         let st = fstat(&file).map_err(errno_err(&path, "fstat"))?;
         if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
             anomalies.push(Anomaly::UnexpectedEntry { name: name.clone() });
             continue;
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(io_err(&path, "read"))?;
+        // Scanned through a window of READ_CHUNK (or one frame, when larger), not read whole:
+        // every segment is scanned at start and the daemon's memory must not follow the backlog.
         let mut frames: Vec<FrameMark> = Vec::new();
-        let mut off = 0usize;
         let mut damage = None;
-        while off < bytes.len() {
-            match parse_frame(&bytes[off..]) {
+        let mut window: Vec<u8> = Vec::new();
+        let mut base = 0u64;
+        let mut pos = 0usize;
+        let mut eof = false;
+        loop {
+            match parse_frame(&window[pos..]) {
                 Parsed::Frame {
                     seq, time_ms, len, ..
                 } => {
@@ -683,15 +685,29 @@ pub fn open(
                         damage = Some(Damage::BadSequence);
                         break;
                     }
-                    off += len;
-                    frames.push((seq, off as u64, time_ms));
+                    pos += len;
+                    frames.push((seq, base + pos as u64, time_ms));
                 }
+                Parsed::Bad(Damage::Incomplete) if !eof => {
+                    window.drain(..pos);
+                    base += pos as u64;
+                    pos = 0;
+                    let n = (&file)
+                        .take(READ_CHUNK as u64)
+                        .read_to_end(&mut window)
+                        .map_err(io_err(&path, "read"))?;
+                    eof = n == 0;
+                }
+                // The end of the file at a frame boundary.
+                Parsed::Bad(Damage::Incomplete) if pos == window.len() => break,
                 Parsed::Bad(d) => {
                     damage = Some(d);
                     break;
                 }
             }
         }
+        let off = base + pos as u64;
+        let file_len = u64::try_from(st.st_size).unwrap_or(0).max(off);
         if frames.is_empty() && prev_last.is_some() && damage == Some(Damage::BadSequence) {
             // A whole segment of already-seen sequence numbers: copied or renamed, not ours to cut.
             anomalies.push(Anomaly::SegmentOverlap {
@@ -700,7 +716,7 @@ pub fn open(
             continue;
         }
         if let Some(damage) = damage {
-            let cut = bytes.len() as u64 - off as u64;
+            let cut = file_len - off;
             warn!(segment = %path.display(), offset = off, bytes = cut, ?damage,
                 "Truncating spool segment at its last good frame.");
             ftruncate(&file, off as i64).map_err(errno_err(&path, "truncate"))?;
@@ -708,7 +724,7 @@ pub fn open(
             truncated_bytes += cut;
             anomalies.push(Anomaly::Truncated {
                 segment: name.clone(),
-                offset: off as u64,
+                offset: off,
                 bytes: cut,
                 damage,
             });
@@ -732,7 +748,7 @@ pub fn open(
             ScannedSegment {
                 first_seq: first,
                 name: name.clone(),
-                len: off as u64,
+                len: off,
                 seqs,
                 acked_end: 0,
                 first_unacked_ms: None,
@@ -1592,6 +1608,66 @@ mod tests {
             (0, 0, None)
         );
         assert_eq!(s.segments, 1);
+    }
+
+    #[test]
+    fn open_scans_a_segment_larger_than_its_window_and_cuts_only_the_torn_tail() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("spool");
+        let mut o = opts();
+        o.segment_bytes = 64 << 20;
+        let big = |seq: u64| {
+            let mut p = payload(seq);
+            p.resize(READ_CHUNK + READ_CHUNK / 2, b' ');
+            p
+        };
+        {
+            let (mut w, _r, _) = open(&d, o.clone()).unwrap();
+            for i in 0..4000u64 {
+                // One record larger than the scan window, and two straddling window boundaries.
+                if i == 1500 || i == 1501 || i == 3000 {
+                    w.append(1, big).unwrap();
+                } else {
+                    w.append(1, payload).unwrap();
+                }
+            }
+            w.sync().unwrap();
+        }
+        let seg = std::fs::read_dir(&d)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.to_string_lossy().ends_with(".log"))
+            .unwrap();
+        let good_len = std::fs::metadata(&seg).unwrap().len();
+        assert!(
+            good_len > 4 * READ_CHUNK as u64,
+            "the segment must span many windows"
+        );
+        // A torn frame: the header and part of the payload of record 4001.
+        let mut torn = Vec::new();
+        encode_frame(&mut torn, 4001, 1, &payload(4001));
+        torn.truncate(HEADER_LEN + 20);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&torn).unwrap();
+        drop(f);
+
+        let (_w, mut r, rep) = open(&d, o).unwrap();
+        assert_eq!(rep.next_seq, 4001);
+        assert_eq!(rep.truncated_bytes, torn.len() as u64);
+        assert!(rep.anomalies.contains(&Anomaly::Truncated {
+            segment: seg.file_name().unwrap().to_string_lossy().into_owned(),
+            offset: good_len,
+            bytes: torn.len() as u64,
+            damage: Damage::Incomplete,
+        }));
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len);
+        let mut all = Vec::new();
+        while all.len() < 4000 {
+            let batch = r.read_from(all.len() as u64, 1000, 8 << 20).unwrap();
+            assert!(!batch.is_empty(), "records missing after {}", all.len());
+            all.extend(batch.into_iter().map(|rec| rec.seq));
+        }
+        assert_eq!(all, (1..=4000).collect::<Vec<u64>>());
     }
 
     #[test]
