@@ -1141,6 +1141,11 @@ impl Processor {
                 if e.raw_os_error() != Some(libc_enoent()) {
                     tracing::warn!(path = %path.display(), error = %e, "Cannot stat new path.");
                 }
+                // Already known: a rescan (after lost notifications) found it before this queued
+                // IN_CREATE was read, and reported it; its IN_DELETE follows.
+                if self.state.contains_key(path) {
+                    return;
+                }
                 if self.ghosts.insert(path.to_path_buf()) {
                     self.change(ChangeKind::Create, path.to_path_buf(), None);
                 }
