@@ -480,7 +480,7 @@ impl Processor {
     }
 
     fn initial(&mut self, baseline: Option<Snapshot>, ready: &mpsc::Sender<StartInfo>) {
-        let mut found = Vec::new();
+        let mut found = BTreeMap::new();
         for root in self.cfg.roots.clone() {
             if self.is_excluded_abs(&root) {
                 continue;
@@ -492,7 +492,7 @@ impl Processor {
             }
             self.report_limit(&root, ctx);
         }
-        self.state = sorted(found);
+        self.state = compacted(found);
         let changes = baseline
             .map(|b| diff(&b.entries, &self.state, Source::CatchUp))
             .unwrap_or_default();
@@ -715,10 +715,9 @@ impl Processor {
             self.flush(&p);
         }
         self.rescans += 1;
-        let mut walked = Vec::new();
+        let mut found = BTreeMap::new();
         let mut ctx = WalkCtx::default();
-        let exists = self.walk(top, &mut walked, &mut ctx);
-        let mut found = sorted(walked);
+        let exists = self.walk(top, &mut found, &mut ctx);
         if !exists && self.cfg.roots.iter().any(|r| r == top) {
             self.missing_roots.insert(top.to_path_buf());
         }
@@ -825,7 +824,7 @@ impl Processor {
     /// watch, then the listing, so nothing created in between is missed). Never follows a symlink:
     /// every directory is opened `O_NOFOLLOW|O_DIRECTORY` relative to its parent's fd and checked to
     /// be the inode `fstatat` saw. Returns false when `top` does not exist.
-    fn walk(&mut self, top: &Path, out: &mut Vec<(PathBuf, FileFacts)>, ctx: &mut WalkCtx) -> bool {
+    fn walk(&mut self, top: &Path, out: &mut BTreeMap<PathBuf, FileFacts>, ctx: &mut WalkCtx) -> bool {
         let facts = match lstat_facts(top) {
             Ok(f) => f,
             Err(e) => {
@@ -837,7 +836,7 @@ impl Processor {
         };
         let is_dir = facts.kind == FileKind::Directory;
         let inode = facts.inode;
-        out.push((top.to_path_buf(), facts));
+        out.insert(top.to_path_buf(), facts);
         if !is_dir {
             return true;
         }
@@ -862,7 +861,7 @@ impl Processor {
         dir: &Path,
         watch: bool,
         depth: usize,
-        out: &mut Vec<(PathBuf, FileFacts)>,
+        out: &mut BTreeMap<PathBuf, FileFacts>,
         ctx: &mut WalkCtx,
     ) {
         let mut watch_children = watch;
@@ -909,7 +908,7 @@ impl Processor {
                     .map(PathBuf::from);
             }
             let is_dir = facts.kind == FileKind::Directory;
-            out.push((path.clone(), facts));
+            out.insert(path.clone(), facts);
             if !is_dir {
                 continue;
             }
@@ -1165,10 +1164,10 @@ impl Processor {
         }
         match facts.kind {
             FileKind::Directory => {
-                let mut walked = Vec::new();
+                let mut found = BTreeMap::new();
                 let mut ctx = WalkCtx::default();
-                self.walk(path, &mut walked, &mut ctx);
-                for (p, f) in sorted(walked) {
+                self.walk(path, &mut found, &mut ctx);
+                for (p, f) in found {
                     if self.state.get(&p).is_some_and(|k| k.inode == f.inode) {
                         continue;
                     }
@@ -1375,10 +1374,16 @@ fn subtree<'a>(
         .take_while(move |(p, _)| p.starts_with(top))
 }
 
-/// What a walk found, as the tree's map. Built from the list in one pass, the map's nodes are full:
-/// inserting entry by entry in directory order leaves them about a third empty.
-fn sorted(walked: Vec<(PathBuf, FileFacts)>) -> BTreeMap<PathBuf, FileFacts> {
-    walked.into_iter().collect()
+/// `m` rebuilt with full nodes: inserting entry by entry in directory order leaves a third of every
+/// node empty. `append` into a non-empty map merges both in one sorted pass, filling nodes, and
+/// frees the old nodes as it goes (collecting into a `Vec` and back would hold the tree twice).
+fn compacted(mut m: BTreeMap<PathBuf, FileFacts>) -> BTreeMap<PathBuf, FileFacts> {
+    let mut out = BTreeMap::new();
+    if let Some((k, v)) = m.pop_first() {
+        out.insert(k, v);
+        out.append(&mut m);
+    }
+    out
 }
 
 /// `dir/name` in a buffer of exactly its size (`Path::join` may leave room for as much again, and
@@ -1512,6 +1517,17 @@ mod tests {
             .enumerate()
             .map(|(i, p)| (PathBuf::from(p), facts(i as u64)))
             .collect()
+    }
+
+    #[test]
+    fn compacted_keeps_every_entry() {
+        let m: BTreeMap<PathBuf, FileFacts> = (0..1000u64)
+            .rev()
+            .map(|i| (PathBuf::from(format!("/r/{i:04}")), facts(i)))
+            .collect();
+        let c = compacted(m.clone());
+        assert_eq!(c, m);
+        assert!(compacted(BTreeMap::new()).is_empty());
     }
 
     #[test]
