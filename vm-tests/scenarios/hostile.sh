@@ -165,6 +165,7 @@ hx_sudo() {
   hx_denied_all 'sudo -n true' 'sudo -n -u root id' 'sudo -n -s id' 'sudo -n -i id' 'sudoedit -n /etc/sudoers' ||
     return 1
   sandbox_exec sudo -l -U ec2-user | tee /dev/stderr | grep -q 'not allowed to run sudo' || return 1
+  echo "5 sudo forms denied in both shells; sudo -l -U ec2-user: not allowed"
   return "$HX_BLOCKED"
 }
 
@@ -201,6 +202,7 @@ hx_su() {
     "echo '' | timeout 10 su -s /bin/sh root -c id" || return 1
   sandbox_exec sh -c 'getent shadow root | cut -d: -f2 | cut -c1-1' | grep -qE '^[!*]' ||
     { echo "root has a password set"; return 2; }
+  echo "su to root denied in both shells (root's password is locked)"
   return "$HX_BLOCKED"
 }
 
@@ -216,6 +218,7 @@ hx_pkexec() {
 
 hx_docker() {
   hx_denied_both "$HX_DOCKER_PROBE" || return 1
+  echo "connect(/var/run/docker.sock): permission denied in both shells (granted before apply)"
   return "$HX_BLOCKED"
 }
 
@@ -236,6 +239,7 @@ hx_groups() {
         END { exit !(u && g) }'"'"' "$s" 2>/dev/null && echo "${s%/status}"
     done; true')
   [[ -z $stale ]] || { echo "ec2-user processes still in wheel/docker: $stale"; return 1; }
+  echo "7 group edits denied; /etc/group, gshadow, passwd, shadow unchanged; no ec2-user process in wheel/docker"
   return "$HX_BLOCKED"
 }
 
@@ -248,6 +252,7 @@ hx_setuid() {
   if sandbox_exec find / -xdev \( -perm -4000 -o -perm -2000 \) -type f -perm /022 -print | grep -q .; then
     echo "a setuid/setgid program is group- or world-writable"; return 1
   fi
+  echo "$(grep -c . <<<"$list") setuid/setgid programs, none writable by ec2-user"
   return "$HX_BLOCKED"
 }
 
@@ -259,6 +264,7 @@ hx_stop_agent() {
     'systemctl restart notebook-agent' 'systemctl daemon-reload' || return 1
   hx_agent_alive_as "$pid" || return 1
   sandbox_exec systemctl is-enabled notebook-agent.service || return 1
+  echo "systemctl stop/kill/disable/mask/restart/daemon-reload denied; same pid, active, enabled"
   return "$HX_BLOCKED"
 }
 
@@ -267,6 +273,7 @@ hx_kill_agent() {
   hx_denied_all "kill -9 $pid" "kill -STOP $pid" "kill -TERM $pid" || return 1
   sleep 0.3
   hx_agent_alive_as "$pid" || return 1
+  echo "kill -9/-STOP/-TERM denied; agent pid $pid still running"
   return "$HX_BLOCKED"
 }
 
@@ -278,6 +285,7 @@ r = libc.ptrace(16, $pid, None, None)  # PTRACE_ATTACH
 print(\"ptrace:\", r, ctypes.get_errno()); sys.exit(0 if r == 0 else 1)'" \
     "head -c 16 /proc/$pid/mem" "cat /proc/$pid/environ" "ls /proc/$pid/fd" "cat /proc/$pid/maps" || return 1
   hx_agent_alive_as "$pid" || return 1
+  echo "PTRACE_ATTACH: EPERM; /proc/$pid/mem, environ, fd, maps unreadable"
   return "$HX_BLOCKED"
 }
 
@@ -325,6 +333,7 @@ hx_pth() {
   hx_recorded 10 "Control environment drifted .*" "Control environment repaired" || return 1
   sandbox_exec grep -q 'notebook-agent' "$pth" || { echo "$pth not repaired"; return 1; }
   lc_as_terminal "$LC_HOME/anaconda3/envs/python3/bin/python -c 'import sagemaker_environment'" || return 1
+  echo "DriftFound + DriftRepaired (environment) in moto; the .pth file restored"
   return "$HX_RECORDED"
 }
 
@@ -333,6 +342,7 @@ hx_user_pip_conf() {
     mv -f ~/.config/pip/pip.conf.hx ~/.config/pip/pip.conf" || return "$HX_BLOCKED"
   hx_recorded 10 "Control pip drifted .*" "Control pip repaired" || return 1
   lc_as_terminal "$LC_HOME/anaconda3/bin/pip config list" | tee /dev/stderr | grep -q evil.example && return 1
+  echo "DriftFound + DriftRepaired (pip) in moto; ~/.config/pip/pip.conf points at the mirror again"
   return "$HX_RECORDED"
 }
 
@@ -357,7 +367,8 @@ hx_spool_rename() {
     return 2
   fi
   lc_events | grep -E -m 12 'hx-spool-moved|notebook-agent' || true
-  hx_recorded 10 "Tamper .*\.notebook-agent" || return 1
+  hx_recorded 10 "Tamper .*\.notebook-agent" ||
+    { echo "renamed to .hx-spool-moved: no Tamper record in 10 s (the spool is then audited as ordinary files)"; return 1; }
   return "$HX_RECORDED"
 }
 
@@ -367,7 +378,8 @@ hx_fake_spool() {
   local rc=0
   lc_as_terminal "mkdir $HX_SPOOL && printf 'exfil\n' >$HX_SPOOL/hidden-in-fake-spool.csv && ls -la $HX_SPOOL" || rc=$?
   ((rc == 0)) || { sandbox_exec stat -c '%U %a %n' "$HX_SPOOL"; return "$HX_BLOCKED"; }
-  hx_recorded 5 "hidden-in-fake-spool\.csv" || return 1
+  hx_recorded 5 "hidden-in-fake-spool\.csv" ||
+    { echo "ec2-user's own .notebook-agent/hidden-in-fake-spool.csv: no event in 5 s"; return 1; }
   return "$HX_RECORDED"
 }
 
@@ -375,6 +387,7 @@ hx_fake_spool() {
 hx_tree_rename() {
   hx_denied_both "mv $LC_SM $LC_HOME/SageMaker-moved" || return 1
   sandbox_exec mountpoint -q "$LC_SM" || return 2
+  echo "mv of the watched tree: EBUSY (a mount point, like the notebook's EBS volume)"
   return "$HX_BLOCKED"
 }
 
@@ -461,7 +474,7 @@ PY
 # Hiding a file where the default configuration does not look: an excluded name (.ipynb_checkpoints).
 hx_excluded_dir() {
   lc_as_terminal "mkdir -p $LC_SM/.ipynb_checkpoints && printf 'exfil\n' >$LC_SM/.ipynb_checkpoints/hidden-data.csv" || return 2
-  hx_recorded 5 "hidden-data\.csv" || return 1
+  hx_recorded 5 "hidden-data\.csv" || { echo ".ipynb_checkpoints/hidden-data.csv: no event in 5 s"; return 1; }
   return "$HX_RECORDED"
 }
 
@@ -502,6 +515,7 @@ hx_secret_readable() {
     echo "unexpected:"; grep -vE "$HX_SECRET_EXPECTED" <<<"$files"; return 1
   fi
   [[ -z $files ]] && return "$HX_BLOCKED"
+  echo "$(grep -c . <<<"$files") files readable by ec2-user hold it (pip.conf, profile.d, gitconfig, condarc, drop-in, IPython, environ)"
   return 1   # readable by design: a known gap (docs/THREAT-MODEL.md)
 }
 
