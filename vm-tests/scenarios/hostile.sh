@@ -574,6 +574,47 @@ PY
   return 1
 }
 
+# The next step of G1/G2: a spool segment of the user's making in that directory, with a frame
+# that passes the CRC. At the agent's next start (every notebook start; here a restart by root)
+# the directory is taken over: its records must not be shipped as the agent's, and the take-over
+# must be recorded.
+hx_forge_spool() {
+  local rc=0
+  if sandbox_exec test -d "$HX_SPOOL" && sandbox_exec test -O "$HX_SPOOL"; then
+    echo "the spool is still the agent's"; return "$HX_BLOCKED"
+  fi
+  sandbox_exec_as ec2-user python3 - "$HX_SPOOL" <<'PY' || rc=$?
+import json, struct, sys, time, zlib
+seq, t = 999999, int(time.time() * 1000)
+p = json.dumps({"class_uid": 1001, "class_name": "File System Activity", "category_uid": 1,
+    "activity_id": 4, "activity_name": "Delete", "type_uid": 100104, "time": t, "severity_id": 1,
+    "message": "FORGED-BY-EC2-USER", "metadata": {"version": "1.3.0", "product": {"name": "notebook-agent"},
+    "uid": "forged", "sequence": seq}, "file": {"path": "/home/ec2-user/SageMaker/forged.txt"}}).encode()
+body = struct.pack("<IQq", len(p), seq, t) + p
+frame = b"\xf7SP\x01" + struct.pack("<II", len(p), zlib.crc32(body)) + struct.pack("<Qq", seq, t) + p
+open("%s/seg-%020d.log" % (sys.argv[1], seq), "wb").write(frame)
+print("forged segment written")
+PY
+  ((rc == 0)) || return "$HX_BLOCKED"
+  sandbox_exec systemctl restart notebook-agent.service || return 2
+  hx_recorded 10 "Tamper .*\.notebook-agent DirOwner" || return 1
+  sleep 1
+  if lc_events_json | grep -q FORGED-BY-EC2-USER; then
+    echo "the take-over is recorded as tampering, but the forged record was shipped as the agent's"; return 1
+  fi
+  lc_events | grep -E 'Tamper .*ForeignSegment' || { echo "no ForeignSegment record"; return 1; }
+  echo "take-over recorded (DirOwner, ForeignSegment); the forged record was not shipped"
+  return "$HX_RECORDED"
+}
+
+# Put a renamed spool back and restart the agent, so the flood starts from a clean spool.
+hx_spool_restore() {
+  if sandbox_exec test -d "$LC_SM/.hx-spool-moved"; then
+    sandbox_exec sh -c "rm -rf $HX_SPOOL.hx-old; [ ! -e $HX_SPOOL ] || mv $HX_SPOOL $HX_SPOOL.hx-old; mv $LC_SM/.hx-spool-moved $HX_SPOOL" || return 1
+  fi
+  sandbox_exec systemctl restart notebook-agent.service && sleep 1 && sandbox_exec systemctl is-active notebook-agent.service
+}
+
 # Fill the spool: keep flooding (moto is still down, nothing drains) until the spool reaches
 # audit.spool_max_bytes. What does not fit must be counted and reported, not lost silently; the
 # "spool full" record itself is stored when room returns (tests/watch.rs covers that part).
@@ -647,13 +688,7 @@ lc_step "as ec2-user: the spool and the snapshot"
 hx spool-delete hx_spool_delete
 hx spool-rename hx_spool_rename
 hx hide-in-fake-spool-dir hx_fake_spool
-# Put a renamed spool back and restart the agent, so the flood starts from a clean spool.
-hx_spool_restore() {
-  if sandbox_exec test -d "$LC_SM/.hx-spool-moved"; then
-    sandbox_exec sh -c "rm -rf $HX_SPOOL.hx-old; [ ! -e $HX_SPOOL ] || mv $HX_SPOOL $HX_SPOOL.hx-old; mv $LC_SM/.hx-spool-moved $HX_SPOOL" || return 1
-  fi
-  sandbox_exec systemctl restart notebook-agent.service && sleep 1 && sandbox_exec systemctl is-active notebook-agent.service
-}
+hx forge-spool-records hx_forge_spool
 check hx-spool-restore hx_spool_restore
 
 check hx-status-after-attacks lc_status
