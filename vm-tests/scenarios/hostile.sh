@@ -367,8 +367,8 @@ hx_spool_rename() {
     return 2
   fi
   lc_events | grep -E -m 12 'hx-spool-moved|notebook-agent' || true
-  hx_recorded 10 "Tamper .*\.notebook-agent" ||
-    { echo "renamed to .hx-spool-moved: no Tamper record in 10 s (the spool is then audited as ordinary files)"; return 1; }
+  hx_recorded 5 "Tamper .*\.notebook-agent" ||
+    { echo "renamed to .hx-spool-moved: no Tamper record in 5 s (the spool is then audited as ordinary files)"; return 1; }
   return "$HX_RECORDED"
 }
 
