@@ -43,7 +43,9 @@
 //! [`open`] checks every frame. A torn or corrupt tail (crash mid-write, flipped bits, garbage) is
 //! truncated at the last good frame, never fatal; missing records, renamed segments, a missing or
 //! corrupt `ack.json` and foreign files are listed in the [`OpenReport`] so the daemon can record
-//! tampering as an agent event.
+//! tampering as an agent event. A segment the agent did not write (another owner, or more than one
+//! link: the directory was someone else's before the agent took it over) is never read, shipped or
+//! appended to; it is renamed `foreign-<name>` and kept as evidence.
 //!
 //! # Threads
 //! [`open`] returns a [`SpoolWriter`] (the watcher daemon) and a [`SpoolReader`] (the shipper), both
@@ -223,6 +225,13 @@ pub enum Anomaly {
     AckCorrupt { reason: String },
     /// A file the spool did not write.
     UnexpectedEntry { name: String },
+    /// A segment owned by another user or with more than one link: not the agent's, so its
+    /// records are not shipped. Renamed `foreign-<segment>` and left in place.
+    ForeignSegment {
+        segment: String,
+        uid: u32,
+        links: u64,
+    },
 }
 
 impl Anomaly {
@@ -478,6 +487,10 @@ impl Dir {
         fsync(&self.fd).map_err(errno_err(&self.path, "fsync directory"))
     }
 
+    fn rename(&self, from: &str, to: &str) -> Result<(), SpoolError> {
+        renameat(&self.fd, from, &self.fd, to).map_err(errno_err(&self.file_path(from), "rename"))
+    }
+
     fn unlink(&self, name: &str) -> Result<bool, SpoolError> {
         match unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) => Ok(true),
@@ -665,6 +678,19 @@ pub fn open(
         let st = fstat(&file).map_err(errno_err(&path, "fstat"))?;
         if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
             anomalies.push(Anomaly::UnexpectedEntry { name: name.clone() });
+            continue;
+        }
+        // Every segment the agent writes is its own and has one link. Anything else was put here
+        // by whoever had the directory before (see `Dir::open`), or can be reached by another
+        // path: its frames may be forged, and must not be shipped as the agent's.
+        if st.st_uid != Uid::effective().as_raw() || st.st_nlink != 1 {
+            anomalies.push(Anomaly::ForeignSegment {
+                segment: name.clone(),
+                uid: st.st_uid,
+                links: st.st_nlink,
+            });
+            drop(file);
+            dir.rename(name, &format!("foreign-{name}"))?;
             continue;
         }
         // Scanned through a window of READ_CHUNK (or one frame, when larger), not read whole:
@@ -1722,6 +1748,44 @@ mod tests {
         }));
         assert_eq!(rep.acked_seq, 0);
         assert_eq!(rep.next_seq, 2);
+    }
+
+    /// Regression (hostile-user suite, docs/THREAT-MODEL.md G2): a spool directory made by the
+    /// notebook user was taken over with their segment in it, and its forged frames were shipped.
+    /// A second link is what such a user keeps to write the segment after the take-over.
+    #[test]
+    fn a_segment_with_another_link_is_foreign_and_never_read() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("spool");
+        {
+            let (mut w, _r, _) = open(&d, opts()).unwrap();
+            w.append(1, payload).unwrap();
+            w.sync().unwrap();
+        }
+        let seg = segment_name(1);
+        std::fs::hard_link(d.join(&seg), t.path().join("kept-by-the-user")).unwrap();
+        let (mut w, mut r, rep) = open(&d, opts()).unwrap();
+        assert!(rep.anomalies.contains(&Anomaly::ForeignSegment {
+            segment: seg.clone(),
+            uid: Uid::effective().as_raw(),
+            links: 2,
+        }));
+        assert!(rep.anomalies.iter().all(Anomaly::suspicious));
+        assert!(!d.join(&seg).exists());
+        assert!(d.join(format!("foreign-{seg}")).exists());
+        // Nothing of it is read; new records go to a new segment of the agent's own.
+        assert!(r.read_from(0, 100, 1 << 20).unwrap().is_empty());
+        let Appended::Stored { seq } = w.append(2, payload).unwrap() else {
+            panic!("not stored")
+        };
+        w.sync().unwrap();
+        assert_eq!(seqs(&r.read_from(0, 100, 1 << 20).unwrap()), vec![seq]);
+        let kept = std::fs::metadata(t.path().join("kept-by-the-user")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::nlink(&kept),
+            2,
+            "the foreign segment is kept, not deleted"
+        );
     }
 
     #[test]
