@@ -7,8 +7,9 @@
 //!    fast as it can while this thread reads the spool (the reader only sees *synced* records)
 //!    until all N Create records are there. events/s = N / (first create → last Create synced).
 //! 2. RSS and 3. CPU of the real binary (`WATCH_BENCH_BIN`, the static release build):
-//!    `notebook-agent watch --root R` over a tree of 10,000 dirs / 100,000 files: VmRSS after 3 s
-//!    idle; then a burst of 100,000 creates and an `rm -r` of them: VmHWM, and utime+stime
+//!    `notebook-agent watch --root R` over a tree of 1,000 files (then a burst of 50,000) and one of
+//!    10,000 dirs / 100,000 files (then a burst of 100,000): VmRSS after 3 s idle; then the burst of
+//!    creates and an `rm -r` of them: VmHWM, and utime+stime
 //!    (`/proc/PID/stat`) per phase. SIGTERM, exit status 0 required; the spool is then read back
 //!    to account for every file.
 //!
@@ -34,11 +35,35 @@ type Res<T> = Result<T, Box<dyn Error>>;
 
 const SM: &str = "home/ec2-user/SageMaker";
 const CONTENT: &[u8] = b"a,b,c\n1,2,3\n";
-/// Tree for the RSS part: 1 + 100 + 100*100 directories, 10 files in each leaf.
-const TOP: usize = 100;
-const SUB: usize = 100;
-const FILES_PER_DIR: usize = 10;
-const BURST: usize = 100_000;
+/// A tree for the RSS part: `top` directories of `sub` directories with `files` files each, and a
+/// burst of `burst` creates followed by an `rm -r` of them.
+#[derive(Clone, Copy)]
+struct Shape {
+    name: &'static str,
+    top: usize,
+    sub: usize,
+    files: usize,
+    burst: usize,
+}
+
+const SHAPES: [Shape; 2] = [
+    // The figures: a notebook of 1,000 files, and the 50,000-file burst of tests/watch.rs.
+    Shape {
+        name: "1,000 files (10 dirs × 100)",
+        top: 10,
+        sub: 0,
+        files: 100,
+        burst: 50_000,
+    },
+    // The watch-setup tree: 1 + 100 + 100*100 directories, 10 files in each leaf.
+    Shape {
+        name: "10,101 dirs / 100,000 files",
+        top: 100,
+        sub: 100,
+        files: 10,
+        burst: 100_000,
+    },
+];
 /// `/proc/PID/stat` counts in USER_HZ, which is 100 on Linux whatever the kernel's HZ.
 const TICKS_PER_S: f64 = 100.0;
 const TEST_ENV: &[(&str, &str)] = &[
@@ -287,16 +312,23 @@ struct Rss {
     report: Option<DaemonReport>,
 }
 
-fn rss(base: &Path, bin: &Path) -> Res<Rss> {
+fn rss(base: &Path, bin: &Path, shape: Shape) -> Res<Rss> {
     let t = make_root(base)?;
     let sm = t.path().join(SM);
-    for a in 0..TOP {
-        for b in 0..SUB {
-            let d = sm
-                .join(format!("project{a:03}"))
-                .join(format!("data{b:03}"));
+    for a in 0..shape.top {
+        let leaves: Vec<PathBuf> = if shape.sub == 0 {
+            vec![sm.join(format!("project{a:03}"))]
+        } else {
+            (0..shape.sub)
+                .map(|b| {
+                    sm.join(format!("project{a:03}"))
+                        .join(format!("data{b:03}"))
+                })
+                .collect()
+        };
+        for d in leaves {
             std::fs::create_dir_all(&d)?;
-            for f in 0..FILES_PER_DIR {
+            for f in 0..shape.files {
                 std::fs::write(d.join(format!("part-{f:02}.csv")), CONTENT)?;
             }
         }
@@ -343,7 +375,7 @@ fn rss(base: &Path, bin: &Path) -> Res<Rss> {
         let t0 = Instant::now();
         let burst = sm.join("burst");
         std::fs::create_dir(&burst)?;
-        for i in 0..BURST {
+        for i in 0..shape.burst {
             std::fs::write(burst.join(format!("f{i:06}")), CONTENT)?;
         }
         let create_s = t0.elapsed().as_secs_f64();
@@ -427,6 +459,53 @@ fn stat(mut v: Vec<f64>, digits: usize) -> String {
     )
 }
 
+/// The RSS/CPU rows of one tree shape, `reps` runs of the binary.
+fn rss_rows(base: &Path, bin: &Path, shape: Shape, reps: usize, rows: &mut Vec<String>) -> Res<()> {
+    let (name, burst) = (shape.name, shape.burst);
+    let mut v: Vec<Rss> = Vec::new();
+    for rep in 1..=reps {
+        let r = rss(base, bin, shape)?;
+        println!(
+            "binary {name} rep {rep}: start+watch setup {:.2} s; idle VmRSS {} kB (VmHWM {} kB); burst: {burst} creates in {:.2} s, daemon idle {:.2} s later, CPU {:.2} s; rm -r in {:.2} s, idle {:.2} s later, CPU {:.2} s; after burst VmRSS {} kB VmHWM {} kB; SIGTERM -> exit 0 in {:.2} s; spool {:?}; report {:?}",
+            r.setup_s, r.idle_rss_kb, r.idle_hwm_kb, r.create_s, r.create_catchup_s,
+            r.create_cpu_s, r.rm_s, r.rm_catchup_s, r.rm_cpu_s, r.burst_rss_kb,
+            r.burst_hwm_kb, r.stop_s, r.tally,
+            r.report.as_ref().map(|x| (x.events_written, x.events_dropped, x.rescans, x.lost_notifications)),
+        );
+        v.push(r);
+    }
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let col = |f: &dyn Fn(&Rss) -> f64, d: usize| stat(v.iter().map(f).collect(), d);
+    rows.push(format!(
+        "| {name}: RSS idle (release binary) | VmRSS {} MB | VmHWM (startup) {} MB | start → watching {} s |",
+        col(&|r| mb(r.idle_rss_kb), 1),
+        col(&|r| mb(r.idle_hwm_kb), 1),
+        col(&|r| r.setup_s, 2)
+    ));
+    rows.push(format!(
+        "| {name}: peak RSS, burst of {burst} creates + `rm -r` | VmHWM {} MB | VmRSS after {} MB |",
+        col(&|r| mb(r.burst_hwm_kb), 1),
+        col(&|r| mb(r.burst_rss_kb), 1)
+    ));
+    rows.push(format!(
+        "| {name}: daemon CPU (utime+stime), {burst} creates | {} s | creation took {} s; daemon idle {} s after |",
+        col(&|r| r.create_cpu_s, 2),
+        col(&|r| r.create_s, 2),
+        col(&|r| r.create_catchup_s, 2)
+    ));
+    rows.push(format!(
+        "| {name}: daemon CPU (utime+stime), `rm -r` of them | {} s | rm took {} s; daemon idle {} s after |",
+        col(&|r| r.rm_cpu_s, 2),
+        col(&|r| r.rm_s, 2),
+        col(&|r| r.rm_catchup_s, 2)
+    ));
+    rows.push(format!(
+        "| {name}: SIGTERM → exit 0 | {} s |",
+        col(&|r| r.stop_s, 2)
+    ));
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let _tmp;
     let base = match std::env::var_os("WATCH_BENCH_DIR") {
@@ -501,47 +580,9 @@ fn main() -> Res<()> {
             None => println!("WATCH_BENCH_BIN not set: RSS/CPU part skipped"),
             Some(bin) => {
                 let bin = PathBuf::from(bin);
-                let mut v: Vec<Rss> = Vec::new();
-                for rep in 1..=reps {
-                    let r = rss(&base, &bin)?;
-                    println!(
-                        "binary rep {rep}: start+watch setup {:.2} s; idle VmRSS {} kB (VmHWM {} kB); burst: {BURST} creates in {:.2} s, daemon idle {:.2} s later, CPU {:.2} s; rm -r in {:.2} s, idle {:.2} s later, CPU {:.2} s; after burst VmRSS {} kB VmHWM {} kB; SIGTERM -> exit 0 in {:.2} s; spool {:?}; report {:?}",
-                        r.setup_s, r.idle_rss_kb, r.idle_hwm_kb, r.create_s, r.create_catchup_s,
-                        r.create_cpu_s, r.rm_s, r.rm_catchup_s, r.rm_cpu_s, r.burst_rss_kb,
-                        r.burst_hwm_kb, r.stop_s, r.tally,
-                        r.report.as_ref().map(|x| (x.events_written, x.events_dropped, x.rescans, x.lost_notifications)),
-                    );
-                    v.push(r);
+                for shape in SHAPES {
+                    rss_rows(&base, &bin, shape, reps, &mut rows)?;
                 }
-                let mb = |kb: u64| kb as f64 / 1024.0;
-                let col = |f: &dyn Fn(&Rss) -> f64, d: usize| stat(v.iter().map(f).collect(), d);
-                rows.push(format!(
-                    "| RSS idle, 10,101 dirs / 100,000 files watched (release binary) | VmRSS {} MB | VmHWM (startup) {} MB | start → watching {} s |",
-                    col(&|r| mb(r.idle_rss_kb), 1),
-                    col(&|r| mb(r.idle_hwm_kb), 1),
-                    col(&|r| r.setup_s, 2)
-                ));
-                rows.push(format!(
-                    "| Peak RSS, burst of {BURST} creates + `rm -r` | VmHWM {} MB | VmRSS after {} MB |",
-                    col(&|r| mb(r.burst_hwm_kb), 1),
-                    col(&|r| mb(r.burst_rss_kb), 1)
-                ));
-                rows.push(format!(
-                    "| Daemon CPU (utime+stime), {BURST} creates | {} s | creation took {} s; daemon idle {} s after |",
-                    col(&|r| r.create_cpu_s, 2),
-                    col(&|r| r.create_s, 2),
-                    col(&|r| r.create_catchup_s, 2)
-                ));
-                rows.push(format!(
-                    "| Daemon CPU (utime+stime), `rm -r` of them | {} s | rm took {} s; daemon idle {} s after |",
-                    col(&|r| r.rm_cpu_s, 2),
-                    col(&|r| r.rm_s, 2),
-                    col(&|r| r.rm_catchup_s, 2)
-                ));
-                rows.push(format!(
-                    "| SIGTERM → exit 0 | {} s |",
-                    col(&|r| r.stop_s, 2)
-                ));
             }
         }
     }
