@@ -7,7 +7,7 @@
 //! Invariants, against a decoder written here from the format in `agent/audit/spool.rs`'s module
 //! docs: `open` never fails or panics on a damaged segment; it truncates the file exactly at the
 //! end of the last good frame (a good frame has the magic and version, a length ≤ 4 MiB, all its
-//! bytes, a matching CRC and a sequence above the previous frame's) and reports the bytes it cut;
+//! bytes, a matching CRC and a sequence in 1..=MAX_SEQ above the previous frame's) and reports the bytes it cut;
 //! the reader returns exactly the good frames (so never one whose CRC does not match); and the
 //! spool still works afterwards: a record appended after recovery gets the next sequence number
 //! and reads back.
@@ -49,6 +49,8 @@ fn decode(b: &[u8]) -> (Vec<Record>, usize) {
         let time_ms = u64_at(f, 20) as i64;
         let payload = &f[HEADER_LEN..HEADER_LEN + len];
         if crc(len as u32, seq, time_ms, payload) != u32_at(f, 8)
+            || seq == 0
+            || seq > spool::MAX_SEQ
             || out.last().is_some_and(|p| seq <= p.seq)
         {
             break;
