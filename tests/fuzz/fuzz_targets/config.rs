@@ -24,10 +24,7 @@ const URL_FIELDS: &[&str] = &[
 ];
 
 /// The URL strings of the input, read independently of the agent's parser.
-fn input_urls(text: &str) -> Vec<String> {
-    let Ok(v) = serde_json::from_str::<Value>(text) else {
-        return Vec::new();
-    };
+fn input_urls(v: &Value) -> Vec<String> {
     let mut out = Vec::new();
     for f in URL_FIELDS {
         match v.pointer(f) {
@@ -41,11 +38,27 @@ fn input_urls(text: &str) -> Vec<String> {
     out
 }
 
+/// Whether `s` is in a key, or in a string that is not a URL field, anywhere in `v` (`at` is the
+/// JSON pointer of `v`): there it is no secret and may rightly be shown.
+fn elsewhere(v: &Value, s: &str, at: &str) -> bool {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, x)| k.contains(s) || elsewhere(x, s, &format!("{at}/{k}"))),
+        Value::Array(a) => a.iter().any(|x| elsewhere(x, s, at)),
+        Value::String(x) => !URL_FIELDS.contains(&at) && x.contains(s),
+        _ => false,
+    }
+}
+
 /// The secrets that must never be printed, kept only where the check cannot be fooled: the
 /// user-info segment (`//user:password@`), or a longer standalone secret, that occurs exactly once
-/// in the input (as written, no JSON escapes), in its URL.
+/// in the URLs (not also in a path or host) and nowhere else in the document.
 fn secrets(text: &str) -> Vec<String> {
-    let urls = input_urls(text);
+    let Ok(doc) = serde_json::from_str::<Value>(text) else {
+        return Vec::new();
+    };
+    let urls = input_urls(&doc);
     let mut out = Vec::new();
     for u in &urls {
         for s in SecretUrl::new(u.clone()).secrets() {
@@ -53,9 +66,8 @@ fn secrets(text: &str) -> Vec<String> {
             if !(userinfo || s.len() >= 16) || s == *u {
                 continue;
             }
-            // Once in the whole input: a secret that is also a path, a host or a key elsewhere
-            // may rightly be shown there.
-            if text.matches(s.as_str()).count() == 1 {
+            let in_urls: usize = urls.iter().map(|x| x.matches(s.as_str()).count()).sum();
+            if in_urls == 1 && !elsewhere(&doc, &s, "") {
                 out.push(s);
             }
         }
