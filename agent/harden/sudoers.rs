@@ -35,10 +35,11 @@ fn has_comment(line: &str) -> bool {
                 continue;
             }
             '"' => quoted = !quoted,
-            '#' if !quoted && prev.is_whitespace() => {
-                if !chars.peek().is_some_and(char::is_ascii_digit) {
-                    return true;
-                }
+            '#' if !quoted
+                && prev.is_whitespace()
+                && !chars.peek().is_some_and(char::is_ascii_digit) =>
+            {
+                return true;
             }
             _ => {}
         }
