@@ -20,7 +20,8 @@ CARGO_FUZZ_VERSION=0.13.2
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 FUZZ_JOBS=${FUZZ_JOBS:-2}
 # No sanitizer: the agent has no unsafe code (`unsafe_code = "deny"`); what is looked for is
-# panics, overflows (debug assertions are on) and broken invariants. FUZZ_SANITIZER=address to add ASan.
+# panics, overflows (debug assertions are on) and broken invariants. FUZZ_SANITIZER=address adds
+# ASan.
 FUZZ_SANITIZER=${FUZZ_SANITIZER:-none}
 
 fuzz_dir=tests/fuzz
@@ -45,8 +46,9 @@ if ! cargo-fuzz --version 2>/dev/null | grep -qF " $CARGO_FUZZ_VERSION"; then
   exec {lock}>&-
 fi
 
-# cargo-fuzz needs a nightly compiler (-Z flags). rust-toolchain.toml pins a stable one, so name
-# the toolchain explicitly; without a nightly, let the pinned stable accept the flags.
+# cargo-fuzz is made for nightly (sanitizers are -Z flags). rust-toolchain.toml pins a stable one,
+# so name the toolchain explicitly. Without a nightly the pinned stable builds too: with no
+# sanitizer cargo-fuzz passes no -Z flag, and RUSTC_BOOTSTRAP=1 covers FUZZ_SANITIZER=address.
 if rustup run nightly rustc --version >/dev/null 2>&1; then
   cargo_fuzz=(cargo +nightly fuzz)
 else
@@ -54,7 +56,8 @@ else
   export RUSTC_BOOTSTRAP=1
   cargo_fuzz=(cargo fuzz)
 fi
-build_flags=(--fuzz-dir "$fuzz_dir" --sanitizer "$FUZZ_SANITIZER" --debug-assertions --target-dir "$target_dir")
+build_flags=(--fuzz-dir "$fuzz_dir" --sanitizer "$FUZZ_SANITIZER" --debug-assertions
+  --target-dir "$target_dir")
 
 mapfile -t all_targets < <("${cargo_fuzz[@]}" list --fuzz-dir "$fuzz_dir")
 targets=("$@")

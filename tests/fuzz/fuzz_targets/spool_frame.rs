@@ -7,10 +7,10 @@
 //! Invariants, against a decoder written here from the format in `agent/audit/spool.rs`'s module
 //! docs: `open` never fails or panics on a damaged segment; it truncates the file exactly at the
 //! end of the last good frame (a good frame has the magic and version, a length ≤ 4 MiB, all its
-//! bytes, a matching CRC and a sequence in 1..=MAX_SEQ above the previous frame's) and reports the bytes it cut;
-//! the reader returns exactly the good frames (so never one whose CRC does not match); and the
-//! spool still works afterwards: a record appended after recovery gets the next sequence number
-//! and reads back.
+//! bytes, a matching CRC and a sequence in 1..=MAX_SEQ above the previous frame's) and reports
+//! the bytes it cut; the reader returns exactly the good frames (so never one whose CRC does not
+//! match); and the spool still works afterwards: a record appended after recovery gets the next
+//! sequence number and reads back.
 #![no_main]
 
 use std::os::unix::fs::DirBuilderExt;
