@@ -264,10 +264,13 @@ fn item_matches(
     if depth > 8 {
         return false;
     }
-    // A negated item takes rights away; it never grants.
-    if item.starts_with('!') {
+    // A negated item takes rights away; it never grants. Negations cancel in pairs, as in sudo:
+    // `!!ec2-user` is ec2-user.
+    let bangs = item.len() - item.trim_start_matches('!').len();
+    if bangs % 2 == 1 {
         return false;
     }
+    let item = &item[bangs..];
     if item == "ALL" {
         return true;
     }
@@ -441,6 +444,9 @@ mod tests {
             // A uid or gid ends at its last digit, and is never a comment.
             "#1000ALL=(ALL) ALL\n",
             "%#10ALL=(ALL) ALL\n",
+            // Negations cancel in pairs.
+            "!!ec2-user ALL=(ALL) ALL\n",
+            "User_Alias A = !!ec2-user\nA ALL=(ALL) ALL\n",
             // A quoted name ends at its closing quote.
             "\"ec2-user\"ALL=(ALL) ALL\n",
             // sudo resolves backslash escapes in names, in user lists and in aliases.
