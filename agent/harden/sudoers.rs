@@ -223,6 +223,16 @@ fn user_list(t: &str) -> Vec<String> {
                 }
                 break;
             }
+            // sudo's words end at these; past an item's prefix (`!`, `%`, `%:`, `#`) they end
+            // the user list: `ec2-user!ALL,ALL=…` is user ec2-user, hosts `!ALL, ALL`.
+            '!' | '=' | ':' | '(' | ')' | '>' | '#'
+                if !quoted
+                    && !cur
+                        .chars()
+                        .all(|p| matches!(p, '!' | '%' | ':' | '#' | '+')) =>
+            {
+                break;
+            }
             _ => cur.push(c),
         }
     }
@@ -314,7 +324,8 @@ pub fn without_grants(
     if found.is_empty() {
         return None;
     }
-    let lines: Vec<&str> = text.lines().collect();
+    // Kept lines are copied byte for byte (line ending included, or its absence at the end).
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     let mut it = found.iter().peekable();
@@ -330,7 +341,6 @@ pub fn without_grants(
             continue;
         }
         out.push_str(lines[i]);
-        out.push('\n');
         i += 1;
     }
     Some(out)
@@ -444,6 +454,8 @@ mod tests {
             // A uid or gid ends at its last digit, and is never a comment.
             "#1000ALL=(ALL) ALL\n",
             "%#10ALL=(ALL) ALL\n",
+            // A user name ends where sudo's words end (here the host list is `!ALL, ALL`).
+            "ec2-user!ALL,ALL=(ALL) ALL\n",
             // Negations cancel in pairs.
             "!!ec2-user ALL=(ALL) ALL\n",
             "User_Alias A = !!ec2-user\nA ALL=(ALL) ALL\n",
@@ -471,5 +483,17 @@ mod tests {
         let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["root ALL=(ALL) ALL", "# a \\", "#1000 ALL=ALL ALL"]);
         assert!(grants("# x \\\n", &ec2(), &none).is_empty());
+    }
+
+    /// Found by the sudoers fuzz target: a last line "root ALL=ALL \\\r" with no newline was
+    /// written back with one, which made it continue. Kept lines are now copied as they were.
+    #[test]
+    fn kept_lines_keep_their_line_endings() {
+        let text = "a ALL=ALL\r\nec2-user ALL=ALL\nroot ALL=ALL \\\r";
+        let out = without_grants(text, &ec2(), &BTreeMap::new()).expect("changed");
+        assert_eq!(
+            out,
+            "a ALL=ALL\r\n# notebook-agent removed: ec2-user ALL=ALL\nroot ALL=ALL \\\r"
+        );
     }
 }
