@@ -95,7 +95,18 @@ run_one() {
   # The first corpus directory receives new inputs: the cache, never the committed seeds.
   nice "$bin" "$corpus_root/$t" "$fuzz_dir/corpus/$t" \
     -max_total_time="$FUZZ_SECONDS" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=2048 \
-    -print_final_stats=1 -artifact_prefix="$fuzz_dir/artifacts/$t/" >"$logs/$t.log" 2>&1
+    -print_final_stats=1 -artifact_prefix="$fuzz_dir/artifacts/$t/" >"$logs/$t.log" 2>&1 || return
+  # Keep the cache to the inputs that add coverage (libFuzzer merge), or it grows every run.
+  local min=$corpus_root/.$t.min
+  rm -rf "$min"
+  mkdir "$min"
+  if nice "$bin" -merge=1 "$min" "$corpus_root/$t" -max_len="$(max_len "$t")" -timeout=10 \
+    >"$logs/$t.merge.log" 2>&1; then
+    rm -rf "${corpus_root:?}/$t"
+    mv "$min" "$corpus_root/$t"
+  else
+    rm -rf "$min"
+  fi
 }
 
 pids=()
