@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite — the README's test command and exactly what .ci/run calls.
 # Installs what it needs (tests/setup.sh), then: rustfmt, clippy, shellcheck, every cargo test,
-# the static musl release build, and the booted notebook sandbox.
+# the fuzz targets, the static musl release build, and the booted notebook sandbox.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -28,6 +28,9 @@ echo "shellcheck: ${#scripts[@]} scripts clean"
 
 step "cargo test"
 cargo test --locked --all-targets
+
+step "fuzz targets (tests/fuzz.sh)"
+tests/fuzz.sh
 
 step "static musl release build"
 tests/check-release.sh

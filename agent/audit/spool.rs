@@ -13,7 +13,8 @@
 //! Sequence numbers are per host, start at 1, increase by one per stored record and continue across
 //! restarts: on open the next one is the largest of the last good frame + 1, the name of an empty
 //! last segment and the `next_seq` high-water mark kept in `ack.json`, so a number is never reused
-//! even after every segment was acknowledged and deleted. A segment rolls once it would exceed
+//! even after every segment was acknowledged and deleted. A frame numbered 0 or above [`MAX_SEQ`]
+//! is damage like a bad checksum. A segment rolls once it would exceed
 //! [`SpoolOptions::segment_bytes`].
 //!
 //! # Durability contract
@@ -78,6 +79,9 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_PAYLOAD: usize = 4 << 20;
 /// Bytes of a frame before its payload.
 pub const HEADER_LEN: usize = 28;
+/// Highest sequence number a frame may carry. A frame numbered 0 or above this is damage: a spool
+/// counting one by one never gets there, and the arithmetic on `seq ± 1` stays in range.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
 
 const MAGIC: [u8; 3] = [0xF7, b'S', b'P'];
 const VERSION: u8 = 1;
@@ -707,7 +711,7 @@ pub fn open(
                     seq, time_ms, len, ..
                 } => {
                     let expect_above = frames.last().map(|f| f.0).or(prev_last);
-                    if expect_above.is_some_and(|p| seq <= p) {
+                    if seq == 0 || seq > MAX_SEQ || expect_above.is_some_and(|p| seq <= p) {
                         damage = Some(Damage::BadSequence);
                         break;
                     }
@@ -1529,6 +1533,45 @@ mod tests {
         let mut huge = b.clone();
         huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(parse_frame(&huge), Parsed::Bad(Damage::BadLength));
+    }
+
+    /// Found by the spool_frame fuzz target: a frame with a valid checksum numbered u64::MAX
+    /// overflowed `last + 1` on open (a panic with overflow checks, a wrapped next_seq of 0
+    /// without), and one numbered 0 made the missing ack `first - 1` wrap to u64::MAX, so every
+    /// later record counted as acknowledged and was never shipped.
+    #[test]
+    fn frames_numbered_zero_or_beyond_max_seq_are_damage() {
+        for (bad, first_seq) in [(u64::MAX, 1), (MAX_SEQ + 1, 1), (0, 0)] {
+            let t = tempfile::tempdir().unwrap();
+            let dir = t.path().join("spool");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+            let mut seg = Vec::new();
+            if first_seq == 1 {
+                encode_frame(&mut seg, 1, 10, b"one");
+            }
+            let good = seg.len() as u64;
+            encode_frame(&mut seg, bad, 10, b"bad");
+            std::fs::write(dir.join(segment_name(1)), &seg).unwrap();
+
+            let (mut w, mut r, rep) = open(&dir, opts()).unwrap();
+            assert_eq!(rep.truncated_bytes, seg.len() as u64 - good, "seq {bad}");
+            assert!(rep.anomalies.contains(&Anomaly::Truncated {
+                segment: segment_name(1),
+                offset: good,
+                bytes: seg.len() as u64 - good,
+                damage: Damage::BadSequence,
+            }));
+            assert_eq!(r.acked_seq(), 0, "seq {bad}");
+            assert_eq!(rep.next_seq, first_seq + 1, "seq {bad}");
+            w.append(11, payload).unwrap();
+            w.sync().unwrap();
+            assert_eq!(
+                seqs(&r.read_from(0, 10, 1 << 20).unwrap()),
+                (1..=first_seq + 1).collect::<Vec<_>>(),
+                "seq {bad}"
+            );
+        }
     }
 
     #[test]
