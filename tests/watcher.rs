@@ -885,3 +885,73 @@ fn kernel_queue_overflow_rescans_everything_and_says_so() {
     assert_eq!(state_paths(&w), disk_paths(&fx.root));
     w.stop();
 }
+
+#[test]
+fn the_spool_directory_is_excluded_wherever_it_moves_and_every_move_is_reported() {
+    let fx = fixture();
+    let spool = fx.root.join(".notebook-agent");
+    std::fs::create_dir(&spool).expect("mkdir spool");
+    std::fs::write(spool.join("seg-1.log"), "x").expect("write");
+    let mut cfg = config(&fx.root);
+    cfg.guarded = vec![spool.clone()];
+    let (w, rx, info) = start(cfg);
+    assert_eq!(
+        info.known_paths, 1,
+        "only the root is known: the spool is not part of the tree"
+    );
+
+    // The agent writes into it: nothing is reported.
+    std::fs::write(spool.join("seg-2.log"), "y").expect("write");
+    // The notebook user renames it (they own its parent); the agent keeps writing where it is.
+    let moved = fx.root.join(".x");
+    std::fs::rename(&spool, &moved).expect("rename");
+    std::fs::write(moved.join("seg-3.log"), "z").expect("write");
+    // A directory of their own under the freed name is audited like any other.
+    std::fs::create_dir(&spool).expect("mkdir fake");
+    std::fs::write(spool.join("hidden.csv"), "h").expect("write");
+    let outs = drain(&rx);
+    assert_eq!(
+        sorted(summary(&fx.root, &outs)),
+        s(&[
+            "create .notebook-agent",
+            "create .notebook-agent/hidden.csv"
+        ]),
+        "nothing inside the moved spool, everything inside the fake one"
+    );
+    let tampers = |outs: &[Output]| -> Vec<(String, String)> {
+        agent_events(outs)
+            .into_iter()
+            .filter_map(|a| match a {
+                AgentEvent::SpoolTamper { path, what } => Some((rel(&fx.root, &path), what)),
+                _ => None,
+            })
+            .collect()
+    };
+    let t = tampers(&outs);
+    assert_eq!(t.len(), 2, "{t:?}");
+    assert_eq!(t[0].0, ".notebook-agent");
+    assert!(t[0].1.contains("renamed or moved away"), "{t:?}");
+    assert_eq!(t[1].0, ".x");
+    assert!(
+        t[1].1.contains("was ") && t[1].1.contains(".notebook-agent"),
+        "{t:?}"
+    );
+
+    // Out of the tree and back under another name: both reported, still never audited.
+    let away = fx.outside.join("spool");
+    std::fs::rename(&moved, &away).expect("move out");
+    let back = fx.root.join("data");
+    std::fs::rename(&away, &back).expect("move back");
+    std::fs::write(back.join("seg-4.log"), "w").expect("write");
+    let outs = drain(&rx);
+    assert!(
+        summary(&fx.root, &outs).is_empty(),
+        "{:?}",
+        summary(&fx.root, &outs)
+    );
+    let t = tampers(&outs);
+    assert_eq!(t.len(), 2, "{t:?}");
+    assert_eq!(t[0].0, ".x");
+    assert_eq!(t[1].0, "data");
+    w.stop();
+}

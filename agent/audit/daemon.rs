@@ -68,7 +68,7 @@ impl Options {
         let watch = WatchConfig {
             roots: roots.clone(),
             exclude_globs: config.audit.excludes.clone(),
-            exclude_paths: vec![spool_dir.clone()],
+            guarded: vec![spool_dir.clone()],
             ..WatchConfig::default()
         };
         let hash = HashConfig {

@@ -50,7 +50,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
-use nix::sys::stat::{FileStat, Mode};
+use nix::sys::stat::{FileStat, Mode, SFlag};
 
 use super::change::{now_ms, AgentEvent, ChangeKind, FileFacts, FileKind, FsChange, Source};
 use super::queue::{self, Receiver, Sender};
@@ -74,8 +74,12 @@ pub struct WatchConfig {
     pub roots: Vec<PathBuf>,
     /// Glob patterns matched against every path component below a root (`*` does not cross `/`).
     pub exclude_globs: Vec<String>,
-    /// Absolute paths never watched or reported, with everything below them (the spool directory).
+    /// Absolute paths never watched or reported, with everything below them.
     pub exclude_paths: Vec<PathBuf>,
+    /// The agent's own directories inside the tree (the spool): never watched or reported, found
+    /// by inode wherever they are moved, and every rename, move or removal of one is reported as
+    /// `AgentEvent::SpoolTamper`. A path that does not exist at start is excluded by path.
+    pub guarded: Vec<PathBuf>,
     /// Capacity of the reader → processor channel, in inotify events.
     pub queue_capacity: usize,
     /// Capacity of the output channel.
@@ -100,6 +104,7 @@ impl Default for WatchConfig {
             roots: vec![PathBuf::from("/home/ec2-user/SageMaker")],
             exclude_globs: default_excludes(),
             exclude_paths: Vec::new(),
+            guarded: Vec::new(),
             queue_capacity: 65_536,
             output_capacity: 65_536,
             max_watches: None,
@@ -408,6 +413,17 @@ struct Processor {
     next_scan: Instant,
     overflows: u64,
     rescans: u64,
+    guarded: Vec<Guarded>,
+    /// `IN_MOVED_FROM` cookie of a guarded directory → its index, until the `IN_MOVED_TO`.
+    guarded_moves: HashMap<u32, usize>,
+}
+
+/// A directory of the agent's own (`WatchConfig::guarded`), known by its inode.
+struct Guarded {
+    /// Where it is now, as far as the watcher saw (empty once it left the tree).
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
 }
 
 impl Processor {
@@ -418,7 +434,20 @@ impl Processor {
         shared: Arc<Shared>,
         out: Sender<Output>,
     ) -> Self {
+        let mut cfg = cfg;
         let next_scan = Instant::now() + cfg.scan_interval;
+        let mut guarded = Vec::new();
+        for p in std::mem::take(&mut cfg.guarded) {
+            match nix::sys::stat::lstat(&p) {
+                Ok(st) if SFlag::from_bits_truncate(st.st_mode).contains(SFlag::S_IFDIR) => guarded
+                    .push(Guarded {
+                        path: p,
+                        dev: st.st_dev,
+                        ino: st.st_ino,
+                    }),
+                _ => cfg.exclude_paths.push(p),
+            }
+        }
         Self {
             cfg,
             excludes,
@@ -438,7 +467,72 @@ impl Processor {
             next_scan,
             overflows: 0,
             rescans: 0,
+            guarded,
+            guarded_moves: HashMap::new(),
         }
+    }
+
+    // ---- the agent's own directories ----
+
+    fn guarded_by_stat(&self, st: &FileStat) -> Option<usize> {
+        self.guarded
+            .iter()
+            .position(|g| g.ino == st.st_ino && g.dev == st.st_dev)
+    }
+
+    /// A guarded directory found at `path` during a scan: not reported; a new place is recorded.
+    fn guarded_found(&mut self, i: usize, path: &Path) {
+        if self.guarded[i].path != path {
+            let was = std::mem::replace(&mut self.guarded[i].path, path.to_path_buf());
+            self.tamper(
+                path,
+                format!(
+                    "the agent's spool directory is now at this path (was {})",
+                    was.display()
+                ),
+            );
+        }
+    }
+
+    fn tamper(&mut self, path: &Path, what: String) {
+        tracing::warn!(path = %path.display(), what, "The agent's spool directory was tampered with.");
+        self.emit(Output::Agent(Box::new(AgentEvent::SpoolTamper {
+            path: path.to_path_buf(),
+            what,
+        })));
+    }
+
+    /// Events about a guarded directory's own entry; true when the event was one.
+    fn guarded_event(&mut self, path: &Path, m: AddWatchFlags, cookie: u32) -> bool {
+        if m.contains(AddWatchFlags::IN_MOVED_TO) {
+            if let Some(i) = self.guarded_moves.remove(&cookie) {
+                self.guarded_found(i, path);
+                return true;
+            }
+        }
+        let Some(i) = self.guarded.iter().position(|g| g.path == path) else {
+            return false;
+        };
+        if m.contains(AddWatchFlags::IN_MOVED_FROM) {
+            self.guarded_moves.insert(cookie, i);
+            self.tamper(
+                path,
+                "the agent's spool directory was renamed or moved away".into(),
+            );
+            return true;
+        }
+        if m.contains(AddWatchFlags::IN_DELETE) {
+            self.guarded[i].path = PathBuf::new();
+            self.tamper(path, "the agent's spool directory was deleted".into());
+            return true;
+        }
+        if m.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO) {
+            // Something else now has its name (it left without a rename we could pair): that is
+            // audited like any other file.
+            self.guarded[i].path = PathBuf::new();
+            return false;
+        }
+        true
     }
 
     fn emit(&mut self, o: Output) {
@@ -824,7 +918,12 @@ impl Processor {
     /// watch, then the listing, so nothing created in between is missed). Never follows a symlink:
     /// every directory is opened `O_NOFOLLOW|O_DIRECTORY` relative to its parent's fd and checked to
     /// be the inode `fstatat` saw. Returns false when `top` does not exist.
-    fn walk(&mut self, top: &Path, out: &mut BTreeMap<PathBuf, FileFacts>, ctx: &mut WalkCtx) -> bool {
+    fn walk(
+        &mut self,
+        top: &Path,
+        out: &mut BTreeMap<PathBuf, FileFacts>,
+        ctx: &mut WalkCtx,
+    ) -> bool {
         let facts = match lstat_facts(top) {
             Ok(f) => f,
             Err(e) => {
@@ -902,6 +1001,12 @@ impl Processor {
                 }
             };
             let mut facts = facts_from_stat(&st);
+            if facts.kind == FileKind::Directory {
+                if let Some(i) = self.guarded_by_stat(&st) {
+                    self.guarded_found(i, &path);
+                    continue;
+                }
+            }
             if facts.kind == FileKind::SymbolicLink {
                 facts.link_target = nix::fcntl::readlinkat(fd, name.as_os_str())
                     .ok()
@@ -1080,6 +1185,9 @@ impl Processor {
         if self.is_excluded_path(&path) {
             return;
         }
+        if !self.guarded.is_empty() && self.guarded_event(&path, m, ev.cookie) {
+            return;
+        }
         if m.contains(AddWatchFlags::IN_MOVED_FROM) {
             self.flush_subtree(&path);
             if self.state.contains_key(&path) {
@@ -1157,6 +1265,15 @@ impl Processor {
             .is_some_and(|k| k.inode == facts.inode && k.kind == facts.kind)
         {
             return;
+        }
+        if facts.kind == FileKind::Directory && !self.guarded.is_empty() {
+            if let Some(i) = nix::sys::stat::lstat(path)
+                .ok()
+                .and_then(|st| self.guarded_by_stat(&st))
+            {
+                self.guarded_found(i, path);
+                return;
+            }
         }
         if let Some(old) = self.state.get(path).cloned() {
             // A different file now has this name (our earlier scan saw a predecessor).

@@ -30,8 +30,6 @@ HX_TABLE=$INFRA_STATE/hostile-table.tsv
 HX_FLOOD_EVENTS=${HX_FLOOD_EVENTS:-1000000}
 # Attempts that are known to succeed unrecorded: name -> where docs/THREAT-MODEL.md explains it.
 declare -A HX_GAPS=(
-  [spool-rename]="G1"
-  [hide-in-fake-spool-dir]="G2"
   [hide-in-excluded-dir]="G3"
   [proxy-password-user-readable]="G4"
 )
@@ -368,12 +366,12 @@ hx_spool_rename() {
   fi
   lc_events | grep -E -m 12 'hx-spool-moved|notebook-agent' || true
   hx_recorded 5 "Tamper .*\.notebook-agent" ||
-    { echo "renamed to .hx-spool-moved: no Tamper record in 5 s (the spool is then audited as ordinary files)"; return 1; }
+    { echo "renamed to .hx-spool-moved: no Tamper record in 5 s"; return 1; }
   return "$HX_RECORDED"
 }
 
-# With the spool renamed away, its name is free and still excluded from the audit: a directory of
-# that name made by ec2-user would hide whatever is put in it.
+# With the spool renamed away, its name is free: a directory of that name made by ec2-user must be
+# audited like any other (only the spool's own inode is excluded).
 hx_fake_spool() {
   local rc=0
   lc_as_terminal "mkdir $HX_SPOOL && printf 'exfil\n' >$HX_SPOOL/hidden-in-fake-spool.csv && ls -la $HX_SPOOL" || rc=$?
