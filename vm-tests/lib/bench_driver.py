@@ -19,6 +19,7 @@ One cell:
 
 import argparse
 import json
+import math
 import os
 import signal
 import socket
@@ -137,31 +138,29 @@ def run_workload(spec, watch, source):
 
 
 def matcher(contender, spec):
-    """message -> path of an expected kind of event, or None."""
+    """message -> (its file's path or None, whether it is the workload's expected kind)."""
     kind, n = workload_parts(spec)
     if contender == "agent":
         def m(msg):
             try:
                 v = json.loads(msg)
             except ValueError:
-                return None
+                return None, False
             if v.get("class_uid") != 1001:
-                return None
+                return None, False
             f = v.get("file") or {}
             a = v.get("activity_id")
-            if kind == "create" and a == 1 or kind == "rm" and a == 4:
-                return f.get("path")
-            if kind == "copy" and a in (1, 3) and f.get("size") == n:
-                return f.get("path")
-            return None
+            ok = (kind == "create" and a == 1 or kind == "rm" and a == 4
+                  or kind == "copy" and a in (1, 3) and f.get("size") == n)
+            return f.get("path"), ok
     elif contender == "inotifywait":
         want = {"create": "CREATE", "rm": "DELETE", "copy": "CLOSE_WRITE"}[kind]
 
         def m(msg):
             parts = msg.split(" ", 2)
-            if len(parts) == 3 and want in parts[1].split(","):
-                return parts[2]
-            return None
+            if len(parts) < 3:
+                return None, False
+            return parts[2], want in parts[1].split(",")
     else:
         want = {"create": "created", "rm": "deleted", "copy": "closed"}[kind]
 
@@ -169,8 +168,8 @@ def matcher(contender, spec):
             try:
                 v = json.loads(msg)
             except ValueError:
-                return None
-            return v.get("path") if v.get("event") == want else None
+                return None, False
+            return v.get("path"), v.get("event") == want
     return m
 
 
@@ -427,21 +426,22 @@ def cell(args):
         run_workload(spec, args.watch, args.source)
         t1 = time.time()
 
-        delivered = {}
+        delivered, others, duplicates = {}, {}, 0
         last_new, calm, last_cpu = time.time(), 0, cg.cpu_usec()
         stop_reason = "complete"
         while True:
             for e in reader.new_events():
-                p = match(e["message"])
-                if p is None:
+                p, ok = match(e["message"])
+                rel = next((p[len(pre):] for pre in prefixes if p and p.startswith(pre)), None)
+                if rel not in expected:
                     continue
-                for pre in prefixes:
-                    if p.startswith(pre):
-                        rel = p[len(pre):]
-                        if rel in expected and rel not in delivered:
-                            delivered[rel] = e["ingestionTime"]
-                            last_new = time.time()
-                        break
+                if not ok:
+                    others.setdefault(rel, []).append(e["message"])
+                elif rel in delivered:
+                    duplicates += 1
+                else:
+                    delivered[rel] = e["ingestionTime"]
+                    last_new = time.time()
             if len(delivered) == len(expected):
                 break
             now = time.time()
@@ -477,8 +477,13 @@ def cell(args):
             "peak_rss_mb": round(max(sampler.peak, hwm) / 2**20, 1),
             "cgroup_mem_peak_mb": round(cg.mem_peak() / 2**20, 1),
             "records_in_moto": reader.total,
+            "duplicates": duplicates,
             "missing_sample": sorted(expected - delivered.keys())[:10],
         }
+        missing = sorted(expected - delivered.keys())
+        if missing:  # what moto did get for them, to tell a loss from a misclassification
+            with open(os.path.join(logdir, "missing.json"), "w") as f:
+                json.dump({rel: others.get(rel, []) for rel in missing[:1000]}, f, indent=1)
         if contender == "agent":
             for name in ("daemon.json", "shipper.json"):
                 try:
@@ -534,16 +539,18 @@ def report(args):
             r = cells.get(c)
             if r is None:
                 continue
-            pct = 100 * r["delivered"] / r["expected"]
+            pct = math.floor(10000 * r["delivered"] / r["expected"]) / 100  # never rounds up to 100
             deliv = f"{r['delivered']:,} / {r['expected']:,}"
-            deliv += " (100%)" if r["complete"] else f" (**{pct:.1f}%**)"
+            deliv += " (100%)" if r["complete"] else f" (**{pct:.2f}%**)"
             wall = fmt(r["wall_s"], 2) + ("" if r["complete"] else " †")
             cols = [workload_label(w), LABELS[c], deliv, wall, fmt(r["peak_rss_mb"]),
                     fmt(r["cpu_s"], 2)]
             if base is None or c == "agent":
                 cols += ["1.0×" if base else "—"] * 3
             else:
-                cols += [ratio(r["wall_s"], base["wall_s"]),
+                # A wall time is only comparable when both delivered everything.
+                comparable = r["complete"] and base["complete"]
+                cols += [ratio(r["wall_s"], base["wall_s"]) if comparable else "—",
                          ratio(r["peak_rss_mb"], base["peak_rss_mb"]),
                          ratio(r["cpu_s"], base["cpu_s"])]
             print("| " + " | ".join(cols) + " |")
