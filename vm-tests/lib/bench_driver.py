@@ -297,7 +297,12 @@ class Reader:
             "logs", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
             aws_access_key_id="testing", aws_secret_access_key="testing",
             config=botocore.config.Config(retries={"max_attempts": 2}))
-        self.stream, self.token, self.total = stream, None, 0
+        self.stream, self.token = stream, None
+
+    def read_all(self):
+        """Every event of the stream, paginated from the head; moves the token to the end."""
+        self.token = None
+        return self.new_events()
 
     def new_events(self):
         out = []
@@ -311,7 +316,6 @@ class Reader:
                 return out
             events, nxt = r.get("events", []), r.get("nextForwardToken")
             out.extend(events)
-            self.total += len(events)
             if not events or not nxt or nxt == self.token:
                 if nxt:
                     self.token = nxt
@@ -384,6 +388,39 @@ def wait_ready(args, contender, proc, logdir, secs=60):
     raise SystemExit(f"bench: {contender} not ready within {secs} s; see {logdir}")
 
 
+def restart_agent(args, cg, proc, port, logdir, reader, prefixes, missing):
+    """Diagnosis when the agent missed files: stop it (it saves its tree snapshot), start it
+    again and see which missing paths its catch-up scan reports. Reported there = the watcher's
+    in-memory tree never had them; not reported = it had them but never emitted their event."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    restarted_ms = time.time() * 1000
+    proc2 = start_contender(args, "agent", cg, port, logdir)
+    time.sleep(15)
+    found, records = {}, 0
+    for e in reader.read_all():
+        if e["ingestionTime"] < restarted_ms:
+            continue
+        records += 1
+        try:
+            v = json.loads(e["message"])
+        except ValueError:
+            continue
+        p = (v.get("file") or {}).get("path") or ""
+        rel = next((p[len(pre):] for pre in prefixes if p.startswith(pre)), None)
+        if rel in missing:
+            found[rel] = {"activity_id": v.get("activity_id"),
+                          "source": (v.get("unmapped") or {}).get("source")}
+    proc2.send_signal(signal.SIGTERM)
+    proc2.wait()
+    return {"records": records, "missing_reported": found,
+            "missing_not_reported": sorted(missing - found.keys())}
+
+
 # ---------------------------------------------------------------------------------- one cell
 
 def cell(args):
@@ -415,8 +452,6 @@ def cell(args):
         time.sleep(1)
         wait_idle(cg, 0.5, quiet=2, cap=30)
         reader = Reader(port, STREAMS[contender])
-        reader.new_events()  # everything before the workload is not counted
-        reader.total = 0
         cpu0 = cg.cpu_usec()
         cg.reset_peaks()
         sampler = RssSampler(cg)
@@ -426,25 +461,46 @@ def cell(args):
         run_workload(spec, args.watch, args.source)
         t1 = time.time()
 
-        delivered, others, duplicates = {}, {}, 0
-        last_new, calm, last_cpu = time.time(), 0, cg.cpu_usec()
-        stop_reason = "complete"
-        while True:
-            for e in reader.new_events():
+        def tally(events):
+            """Records ingested since the workload began, against the expected set."""
+            t = {"delivered": {}, "others": {}, "duplicates": 0, "stray": [], "records": 0}
+            for e in events:
+                if e["ingestionTime"] < t0 * 1000:
+                    continue
+                t["records"] += 1
                 p, ok = match(e["message"])
                 rel = next((p[len(pre):] for pre in prefixes if p and p.startswith(pre)), None)
-                if rel not in expected:
-                    continue
-                if not ok:
-                    others.setdefault(rel, []).append(e["message"])
-                elif rel in delivered:
-                    duplicates += 1
+                if rel not in expected or not ok:
+                    if len(t["stray"]) < 1000:
+                        t["stray"].append(e["message"])
+                    if rel in expected:
+                        t["others"].setdefault(rel, []).append(e["message"])
+                elif rel in t["delivered"]:
+                    t["duplicates"] += 1
+                    t["delivered"][rel] = min(t["delivered"][rel], e["ingestionTime"])
                 else:
-                    delivered[rel] = e["ingestionTime"]
-                    last_new = time.time()
-            if len(delivered) == len(expected):
-                break
+                    t["delivered"][rel] = e["ingestionTime"]
+            return t
+
+        # Progress by next token; a stream read that way can skip events: GetLogEvents orders by
+        # timestamp, so a batch older than the tail already read lands before the token. Hence a
+        # full read from the head whenever progress stalls, and for the final figures.
+        seen, events = 0, []
+        last_new = last_full = time.time()
+        calm, last_cpu = 0, cg.cpu_usec()
+        stop_reason = "complete"
+        while True:
+            new = reader.new_events()
+            events.extend(new)
+            n = len(tally(new)["delivered"]) if new else 0
             now = time.time()
+            if n:
+                seen, last_new = seen + n, now
+            if seen >= len(expected) or (now - last_new > 3 and now - last_full > 5):
+                events, last_full = reader.read_all(), time.time()
+                seen = len(tally(events)["delivered"])
+                if seen == len(expected):
+                    break
             if now - t0 > args.timeout:
                 stop_reason = f"timeout {args.timeout} s"
                 break
@@ -464,6 +520,8 @@ def cell(args):
         sampler.stop.set()
         sampler.join()
         hwm = max([proc_status(p, "VmHWM") for p in cg.pids()] or [0])
+        final = tally(reader.read_all())
+        delivered = final["delivered"]
         result = {
             "contender": contender,
             "workload": spec,
@@ -476,14 +534,17 @@ def cell(args):
             "cpu_s": round(cpu_s, 3),
             "peak_rss_mb": round(max(sampler.peak, hwm) / 2**20, 1),
             "cgroup_mem_peak_mb": round(cg.mem_peak() / 2**20, 1),
-            "records_in_moto": reader.total,
-            "duplicates": duplicates,
+            "records_in_moto": final["records"],
+            "duplicates": final["duplicates"],
             "missing_sample": sorted(expected - delivered.keys())[:10],
         }
         missing = sorted(expected - delivered.keys())
         if missing:  # what moto did get for them, to tell a loss from a misclassification
             with open(os.path.join(logdir, "missing.json"), "w") as f:
-                json.dump({rel: others.get(rel, []) for rel in missing[:1000]}, f, indent=1)
+                json.dump({rel: final["others"].get(rel, []) for rel in missing[:1000]}, f,
+                          indent=1)
+        with open(os.path.join(logdir, "other-records.json"), "w") as f:
+            json.dump(final["stray"], f, indent=1)  # not an expected event (first 1,000)
         if contender == "agent":
             for name in ("daemon.json", "shipper.json"):
                 try:
@@ -491,6 +552,10 @@ def cell(args):
                         result[name] = json.load(f)
                 except (OSError, ValueError):
                     pass
+            if missing and proc.poll() is None:
+                result["after_restart"] = restart_agent(args, cg, proc, port, logdir, reader,
+                                                        prefixes, set(missing))
+                proc = None
         with open(args.out, "a") as f:
             f.write(json.dumps(result) + "\n")
         print(f"bench: {LABELS[contender]:22} {workload_label(spec):22} "
