@@ -74,19 +74,14 @@ pub fn bounded<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
 impl<T> Sender<T> {
     /// Queue `item` unless the queue is full or the receiver is gone; never blocks on space.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
-        let mut st = self.shared.lock();
+        let st = self.shared.lock();
         if !st.receiver {
             return Err(TrySendError::Disconnected(item));
         }
         if st.items.len() >= self.shared.cap {
             return Err(TrySendError::Full(item));
         }
-        st.items.push_back(item);
-        let wake = st.receiver_waits;
-        drop(st);
-        if wake {
-            self.shared.not_empty.notify_one();
-        }
+        self.push(st, item);
         Ok(())
     }
 
@@ -108,13 +103,18 @@ impl<T> Sender<T> {
                 .unwrap_or_else(|p| p.into_inner());
             st.senders_waiting -= 1;
         }
+        self.push(st, item);
+        Ok(())
+    }
+
+    /// Appends under the lock held by the caller, then wakes a waiting receiver.
+    fn push(&self, mut st: MutexGuard<'_, State<T>>, item: T) {
         st.items.push_back(item);
         let wake = st.receiver_waits;
         drop(st);
         if wake {
             self.shared.not_empty.notify_one();
         }
-        Ok(())
     }
 }
 
