@@ -176,48 +176,21 @@ pub fn build(records: Vec<Record>, now_ms: i64, limits: &Limits) -> Plan {
             });
             continue;
         }
-        let message = if record.payload.len() > limits.max_message_bytes {
+        // Not UTF-8 (the encoder never writes it): replacement characters can grow the text, so
+        // the size is checked on what would be sent.
+        let fits = match std::str::from_utf8(&record.payload) {
+            Ok(_) => record.payload.len() <= limits.max_message_bytes,
+            Err(_) => String::from_utf8_lossy(&record.payload).len() <= limits.max_message_bytes,
+        };
+        let message = if fits {
+            String::from_utf8(record.payload)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        } else {
             plan.truncated.push(Truncated {
                 seq: record.seq,
                 original_bytes: record.payload.len(),
             });
             truncate(&record, limits.max_message_bytes)
-        } else {
-            match String::from_utf8(record.payload) {
-                Ok(s) if s.len() <= limits.max_message_bytes => s,
-                Ok(s) => {
-                    // Unreachable today (checked above), kept so the limit cannot be exceeded.
-                    let r = Record {
-                        seq: record.seq,
-                        time_ms: record.time_ms,
-                        payload: s.into_bytes(),
-                    };
-                    plan.truncated.push(Truncated {
-                        seq: r.seq,
-                        original_bytes: r.payload.len(),
-                    });
-                    truncate(&r, limits.max_message_bytes)
-                }
-                Err(e) => {
-                    // Not UTF-8 (the encoder never does this): replacement characters can grow
-                    // the text, so the size is checked again.
-                    let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
-                    if lossy.len() <= limits.max_message_bytes {
-                        lossy
-                    } else {
-                        let r = Record {
-                            seq: record.seq,
-                            time_ms: record.time_ms,
-                            payload: e.into_bytes(),
-                        };
-                        plan.truncated.push(Truncated {
-                            seq: r.seq,
-                            original_bytes: r.payload.len(),
-                        });
-                        truncate(&r, limits.max_message_bytes)
-                    }
-                }
-            }
         };
         spool_order.push(record.seq);
         events.push(Event {
