@@ -472,15 +472,26 @@ fn path_value(p: &Path) -> Value {
 }
 
 fn folder(path: &Path) -> (Value, Option<String>) {
+    agent_file(path, 2, "Folder")
+}
+
+/// An OCSF `file` object for an agent event, and the path's hex form when it is not UTF-8.
+fn agent_file(path: &Path, type_id: u8, type_name: &str) -> (Value, Option<String>) {
     let (disp, hex) = encode_path(path.as_os_str().as_bytes());
     let name = path
         .file_name()
         .map(|n| display(Path::new(n)))
         .unwrap_or_else(|| disp.clone());
     (
-        json!({"path": disp, "name": name, "type_id": 2, "type": "Folder"}),
+        json!({"path": disp, "name": name, "type_id": type_id, "type": type_name}),
         hex,
     )
+}
+
+/// `unmapped.file` of an agent event: the path's hex form, when it has one.
+fn hex_unmapped(hex: Option<String>) -> Value {
+    hex.map(|h| json!({"path_hex": h}))
+        .unwrap_or_else(|| json!({}))
 }
 
 /// [`agent_event`] with a given event uid.
@@ -507,7 +518,13 @@ pub fn agent_event_with_uid(
             let msg = format!(
                 "notebook-agent {version} started: {watches} watches, {catch_up_changes} changes while down"
             );
-            let mut r = base(
+            let unmapped = json!({
+                "version": version,
+                "paths": paths.iter().map(|p| path_value(p)).collect::<Vec<_>>(),
+                "watches": watches,
+                "catch_up_changes": catch_up_changes,
+            });
+            let r = base(
                 &APPLICATION_LIFECYCLE,
                 3,
                 "Start",
@@ -518,25 +535,12 @@ pub fn agent_event_with_uid(
                 seq,
                 uid,
             );
-            r.insert("status_id".into(), json!(1));
-            r.insert("status".into(), json!("Success"));
-            r.insert("actor".into(), actor);
-            r.insert("app".into(), app);
-            r.insert(
-                "unmapped".into(),
-                json!({
-                    "version": version,
-                    "paths": paths.iter().map(|p| path_value(p)).collect::<Vec<_>>(),
-                    "watches": watches,
-                    "catch_up_changes": catch_up_changes,
-                }),
-            );
-            Value::Object(r)
+            lifecycle(r, actor, app, unmapped)
         }
         AgentEvent::Stopped { reason, spooled } => {
             let msg =
                 format!("notebook-agent stopped ({reason}); {spooled} events written to the spool since it started");
-            let mut r = base(
+            let r = base(
                 &APPLICATION_LIFECYCLE,
                 4,
                 "Stop",
@@ -547,15 +551,7 @@ pub fn agent_event_with_uid(
                 seq,
                 uid,
             );
-            r.insert("status_id".into(), json!(1));
-            r.insert("status".into(), json!("Success"));
-            r.insert("actor".into(), actor);
-            r.insert("app".into(), app);
-            r.insert(
-                "unmapped".into(),
-                json!({"reason": reason, "spooled": spooled}),
-            );
-            Value::Object(r)
+            lifecycle(r, actor, app, json!({"reason": reason, "spooled": spooled}))
         }
         AgentEvent::Rescan {
             path,
@@ -578,7 +574,7 @@ pub fn agent_event_with_uid(
                     "reason": reason,
                     "changes": changes,
                     "lost_notifications": lost_notifications,
-                    "file": hex.map(|h| json!({"path_hex": h})).unwrap_or_else(|| json!({})),
+                    "file": hex_unmapped(hex),
                 }),
             );
             Value::Object(r)
@@ -603,7 +599,7 @@ pub fn agent_event_with_uid(
                     "sysctl": sysctl,
                     "error": error,
                     "scan_interval_secs": scan_interval_secs,
-                    "file": hex.map(|h| json!({"path_hex": h})).unwrap_or_else(|| json!({})),
+                    "file": hex_unmapped(hex),
                 }),
             );
             Value::Object(r)
@@ -652,21 +648,14 @@ pub fn agent_event_with_uid(
         AgentEvent::SpoolTamper { path, what } => {
             let msg = format!("Audit spool tampered with: {} {what}", display(path));
             let mut r = event_log(ctx, "Tamper", 4, time_ms, msg, seq, uid, 1, actor);
-            let (disp, hex) = encode_path(path.as_os_str().as_bytes());
-            let name = path
-                .file_name()
-                .map(|n| display(Path::new(n)))
-                .unwrap_or_else(|| disp.clone());
-            r.insert(
-                "file".into(),
-                json!({"path": disp, "name": name, "type_id": 0, "type": "Unknown"}),
-            );
+            let (f, hex) = agent_file(path, 0, "Unknown");
+            r.insert("file".into(), f);
             r.insert("status_detail".into(), json!(what));
             r.insert(
                 "unmapped".into(),
                 json!({
                     "what": what,
-                    "file": hex.map(|h| json!({"path_hex": h})).unwrap_or_else(|| json!({})),
+                    "file": hex_unmapped(hex),
                 }),
             );
             Value::Object(r)
@@ -748,12 +737,9 @@ pub fn agent_event_with_uid(
                     activity_id: 1,
                     severity_id: 3,
                     status_id: 1,
-                    finding_uid: drift_uid(ctx, control),
-                    title: format!("Drift: {title}"),
-                    types: "Drift",
-                    control: Some(control),
                     pass: Some(false),
                     detail: Some(evidence.clone()),
+                    ..drift_spec(ctx, control, title)
                 },
                 time_ms,
                 msg,
@@ -775,12 +761,9 @@ pub fn agent_event_with_uid(
                     activity_id: 2,
                     severity_id: 4,
                     status_id: 1,
-                    finding_uid: drift_uid(ctx, control),
-                    title: format!("Drift: {title}"),
-                    types: "Drift",
-                    control: Some(control),
                     pass: Some(false),
                     detail: Some(error.clone()),
+                    ..drift_spec(ctx, control, title)
                 },
                 time_ms,
                 msg,
@@ -801,12 +784,9 @@ pub fn agent_event_with_uid(
                     activity_id: 3,
                     severity_id: 1,
                     status_id: 4,
-                    finding_uid: drift_uid(ctx, control),
-                    title: format!("Drift: {title}"),
-                    types: "Drift",
-                    control: Some(control),
                     pass: Some(true),
                     detail: Some(evidence.clone()),
+                    ..drift_spec(ctx, control, title)
                 },
                 time_ms,
                 msg,
@@ -908,6 +888,16 @@ fn event_log(
     r
 }
 
+/// The rest of an Application Lifecycle record (Start, Stop) after [`base`].
+fn lifecycle(mut r: Map<String, Value>, actor: Value, app: Value, unmapped: Value) -> Value {
+    r.insert("status_id".into(), json!(1));
+    r.insert("status".into(), json!("Success"));
+    r.insert("actor".into(), actor);
+    r.insert("app".into(), app);
+    r.insert("unmapped".into(), unmapped);
+    Value::Object(r)
+}
+
 struct FindingSpec<'a> {
     activity_id: u8,
     severity_id: u8,
@@ -919,6 +909,22 @@ struct FindingSpec<'a> {
     control: Option<&'a str>,
     pass: Option<bool>,
     detail: Option<String>,
+}
+
+/// What every drift finding of `control` shares; the caller sets activity, severity, status,
+/// pass and detail.
+fn drift_spec<'a>(ctx: &Context, control: &'a str, title: &str) -> FindingSpec<'a> {
+    FindingSpec {
+        activity_id: 0,
+        severity_id: 0,
+        status_id: 0,
+        finding_uid: drift_uid(ctx, control),
+        title: format!("Drift: {title}"),
+        types: "Drift",
+        control: Some(control),
+        pass: None,
+        detail: None,
+    }
 }
 
 fn finding(
