@@ -173,7 +173,8 @@ impl Redactor {
     }
 }
 
-fn percent_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
+/// `s` with its `%XX` escapes decoded; an error when the result is not UTF-8.
+pub fn percent_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
     fn hex(b: u8) -> Option<u8> {
         (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
     }

@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
+use notebook_agent::config::secret::percent_decode;
 use notebook_agent::config::{self, ConfigError, SecretUrl};
 use serde_json::Value;
 
@@ -68,36 +69,19 @@ fn secrets(text: &str) -> Vec<String> {
             }
             // `url` gives the password percent-encoded: the raw URL may hold it decoded in its
             // user-info and the encoded form elsewhere (a path), where it may rightly be shown.
-            let decoded = percent_decoded(&s);
             let count =
                 |needle: &str| -> usize { urls.iter().map(|x| x.matches(needle).count()).sum() };
-            let in_urls = count(&s) + if decoded != s { count(&decoded) } else { 0 };
+            let in_urls = count(&s)
+                + match percent_decode(&s) {
+                    Ok(decoded) if decoded != s => count(&decoded),
+                    _ => 0,
+                };
             if in_urls == 1 && !elsewhere(&doc, &s, "") {
                 out.push(s);
             }
         }
     }
     out
-}
-
-/// `s` with its `%XX` escapes decoded (invalid UTF-8 replaced).
-fn percent_decoded(s: &str) -> String {
-    let hex = |c: u8| (c as char).to_digit(16);
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn assert_no_secret(what: &str, printed: &str, secrets: &[String]) {

@@ -9,25 +9,17 @@
 //! afterwards, editing is idempotent and every other line is kept byte for byte.
 #![no_main]
 
-use std::collections::BTreeSet;
+#[path = "common/mod.rs"]
+mod common;
 
 use libfuzzer_sys::fuzz_target;
-use notebook_agent::harden::sudoers::{self, Subject};
+use notebook_agent::harden::sudoers;
 use notebook_agent::host::users::without_member;
 
 const MARK: &str = "# notebook-agent removed: ";
 
-fn ec2_user() -> Subject {
-    Subject {
-        user: "ec2-user".into(),
-        uid: 1000,
-        groups: ["ec2-user", "wheel", "docker"].map(String::from).into(),
-        gids: BTreeSet::from([1000, 10, 992]),
-    }
-}
-
 fn check_sudoers(text: &str) {
-    let who = ec2_user();
+    let who = common::ec2_user();
     let aliases = sudoers::user_aliases(text);
     let found = sudoers::grants(text, &who, &aliases);
     let Some(out) = sudoers::without_grants(text, &who, &aliases) else {

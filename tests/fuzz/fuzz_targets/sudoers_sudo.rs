@@ -8,22 +8,15 @@
 //! the agent from installing them), and so are includes (cvtsudoers would read the host's files).
 #![no_main]
 
-use std::collections::BTreeSet;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use libfuzzer_sys::fuzz_target;
 use notebook_agent::harden::sudoers::{self, Subject};
 use serde_json::Value;
-
-fn ec2_user() -> Subject {
-    Subject {
-        user: "ec2-user".into(),
-        uid: 1000,
-        groups: ["ec2-user", "wheel", "docker"].map(String::from).into(),
-        gids: BTreeSet::from([1000, 10, 992]),
-    }
-}
 
 /// sudo's parse of `text` as JSON, or `None` when sudo refuses it.
 fn sudo_parse(text: &str) -> Option<Value> {
@@ -78,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
     if text.contains("include") || text.contains('\0') {
         return;
     }
-    let who = ec2_user();
+    let who = common::ec2_user();
     let aliases = sudoers::user_aliases(&text);
     let out = sudoers::without_grants(&text, &who, &aliases).unwrap_or_else(|| text.to_string());
     let Some(doc) = sudo_parse(&out) else {
