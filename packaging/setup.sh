@@ -27,16 +27,9 @@ if [[ $EUID -ne 0 ]]; then
   exit 2
 fi
 
-missing=()
-for p in rpm python3-venv; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "packaging/setup.sh: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=tests/lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../tests/lib/apt.sh"
+apt_ensure packaging/setup.sh rpm python3-venv
 
 install -d -m 0755 "$NB_CACHE_DIR"
 exec {lock}>"$NB_CACHE_DIR/.packaging-setup.lock"

@@ -8,16 +8,9 @@ set -euo pipefail
 # python3-venv for the test fixtures' Python environments.
 DEB_PACKAGES=(musl-tools shellcheck sudo coreutils file python3 python3-venv python3-pip curl ca-certificates)
 
-missing=()
-for p in "${DEB_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=tests/lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
+apt_ensure setup "${DEB_PACKAGES[@]}"
 
 # The toolchain named in rust-toolchain.toml, with the musl target and the lint components.
 if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then

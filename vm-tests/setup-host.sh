@@ -30,21 +30,12 @@ missing=()
 for cmd in "${!NEEDED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEEDED[$cmd]}")
 done
-for pkg in "${EXTRA_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-done
-
-if ((${#missing[@]} == 0)); then
-  exit 0
-fi
-
-mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-echo "setup-host.sh: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# shellcheck source=tests/lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../tests/lib/apt.sh"
+apt_ensure setup-host.sh ${missing[@]+"${missing[@]}"} "${EXTRA_PKGS[@]}"
+((${#APT_INSTALLED[@]})) || exit 0
 # The package enables a system-wide squid on *:3128; the tests run their own on a test address.
-if printf '%s\n' "${missing[@]}" | grep -qx squid && [[ -d /run/systemd/system ]]; then
+if printf '%s\n' "${APT_INSTALLED[@]}" | grep -qx squid && [[ -d /run/systemd/system ]]; then
   systemctl disable --now squid.service >/dev/null 2>&1 || true
 fi
 echo "setup-host.sh: done" >&2
