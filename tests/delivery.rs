@@ -555,14 +555,19 @@ fn a_60_second_outage_loses_nothing_and_keeps_the_order() {
     );
 }
 
-#[test]
-fn kill_9_mid_flight_then_restart_delivers_everything_with_at_most_one_batch_twice() {
-    let moto = Moto::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The runtime the fault proxy (`shipper_fixtures::fault_proxy`) serves from while a test waits.
+fn fault_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+#[test]
+fn kill_9_mid_flight_then_restart_delivers_everything_with_at_most_one_batch_twice() {
+    let moto = Moto::start();
+    let rt = fault_runtime();
     // The fault layer forwards everything; one PutLogEvents has its answer held back, and the
     // daemon is killed then: moto has that batch, the spool has not acknowledged it.
     let proxy = rt.block_on(FaultProxy::start(moto.port));
@@ -661,11 +666,7 @@ fn kill_9_mid_flight_then_restart_delivers_everything_with_at_most_one_batch_twi
 #[test]
 fn throttling_and_5xx_storms_deliver_everything_with_backoff_and_no_describe_calls() {
     let moto = Moto::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = fault_runtime();
     let proxy = rt.block_on(FaultProxy::start(moto.port));
     let t = TempRoot::amazon_linux();
     configure(&t, &proxy.endpoint(), r#""drain_secs": 20"#);
@@ -775,11 +776,7 @@ struct Failing {
 #[test]
 fn unreachable_endpoint_bad_credentials_and_kms_errors_log_once_count_and_keep_running() {
     let moto = Moto::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = fault_runtime();
     let proxy_for = |op: Option<&str>, status: u16, code: &'static str| {
         let p = rt.block_on(FaultProxy::start(moto.port));
         p.set_sticky(op, Some(Fault::Error { status, code }));
