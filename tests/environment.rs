@@ -229,6 +229,14 @@ fn discover_takes_the_customer_eni_from_imdsv2() {
         Some("PUT /latest/api/token HTTP/1.1"),
         "IMDSv2: a token first: {requests:?}"
     );
+    let tokens = requests
+        .iter()
+        .filter(|r| r.starts_with("PUT /latest/api/token"))
+        .count();
+    assert_eq!(
+        tokens, 1,
+        "one apply asks IMDS once (its plan and its check share the answer): {requests:?}"
+    );
     let status = agent(&["status", "--root", r]);
     assert_eq!(status.status.code(), Some(0), "{}", out(&status));
     assert!(

@@ -310,7 +310,7 @@ pub fn apply(ctx: &Context<'_>, controls: &[Box<dyn Control>]) -> Result<ApplyRe
     for (report, changes) in reports.iter_mut().zip(ran) {
         report.changes.extend(changes);
     }
-    let after = Context::new(ctx.root, ctx.config, ctx.runner).map_err(ApplyError::State)?;
+    let after = ctx.refreshed().map_err(ApplyError::State)?;
     for (c, r) in controls.iter().zip(reports.iter_mut()) {
         r.finding = Some(c.check(&after));
     }

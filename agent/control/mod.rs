@@ -10,10 +10,12 @@ pub mod state;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::Serialize;
 
 use crate::config::ValidConfig;
+use crate::host::imds::Network;
 use crate::host::{CommandRunner, FileSpec, HostCommand, Owner, Root, SafeWriter, UserDb};
 
 /// What a control sees of the world.
@@ -23,6 +25,9 @@ pub struct Context<'a> {
     pub runner: &'a dyn CommandRunner,
     /// `etc/passwd` and `etc/group` as read when the context was made.
     pub users: UserDb,
+    /// What IMDS said about the network, once asked in this run (plan, then the check after the
+    /// writes): the notebook's ENI does not change within one `apply`.
+    discovered: OnceLock<Network>,
 }
 
 impl<'a> Context<'a> {
@@ -36,7 +41,29 @@ impl<'a> Context<'a> {
             config,
             runner,
             users: UserDb::load(root)?,
+            discovered: OnceLock::new(),
         })
+    }
+
+    /// The same run after its writes: users read again, what was discovered kept.
+    pub fn refreshed(&self) -> Result<Self, String> {
+        let mut after = Self::new(self.root, self.config, self.runner)?;
+        if let Some(n) = self.discovered.get() {
+            after.discovered = OnceLock::from(n.clone());
+        }
+        Ok(after)
+    }
+
+    /// The network IMDS describes, fetched by `fetch` the first time in this run.
+    pub fn discovered_network(
+        &self,
+        fetch: impl FnOnce() -> Result<Network, String>,
+    ) -> Result<Network, String> {
+        if let Some(n) = self.discovered.get() {
+            return Ok(n.clone());
+        }
+        let n = fetch()?;
+        Ok(self.discovered.get_or_init(|| n).clone())
     }
 
     /// A writer without backups, for reading files the way the executor would.

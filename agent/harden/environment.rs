@@ -99,10 +99,10 @@ pub fn resolve(ctx: &Context<'_>, env: &EnvironmentConfig) -> Result<Values, Str
             .as_ref()
             .map(|u| u.expose().to_string())
             .unwrap_or_else(|| imds::DEFAULT_ENDPOINT.to_string());
-        let client = Imds::connect(&endpoint, IMDS_TIMEOUT)
-            .map_err(|e| format!("environment.discover: {e}"))?;
-        let net = client
-            .network(v.account.as_deref())
+        let net = ctx
+            .discovered_network(|| {
+                Imds::connect(&endpoint, IMDS_TIMEOUT)?.network(v.account.as_deref())
+            })
             .map_err(|e| format!("environment.discover: {e}"))?;
         let bad = |what: &str, e: String| format!("environment.discover: IMDS {what}: {e}");
         if v.vpc.is_none() {
