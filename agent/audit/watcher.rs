@@ -1266,7 +1266,8 @@ impl Processor {
         {
             return;
         }
-        if facts.kind == FileKind::Directory && !self.guarded.is_empty() {
+        // Only a directory with a guarded inode number costs a second lstat (for its device).
+        if facts.kind == FileKind::Directory && self.guarded.iter().any(|g| g.ino == facts.inode) {
             if let Some(i) = nix::sys::stat::lstat(path)
                 .ok()
                 .and_then(|st| self.guarded_by_stat(&st))
