@@ -586,7 +586,7 @@ impl Processor {
             }
             self.report_limit(&root, ctx);
         }
-        self.state = compacted(found);
+        self.state = found;
         let changes = baseline
             .map(|b| diff(&b.entries, &self.state, Source::CatchUp))
             .unwrap_or_default();
@@ -984,7 +984,7 @@ impl Processor {
             if self.is_excluded_name(&name) {
                 continue;
             }
-            let path = join_exact(dir, &name);
+            let path = dir.join(&name);
             if self.is_excluded_path(&path) {
                 continue;
             }
@@ -1181,7 +1181,7 @@ impl Processor {
         if self.is_excluded_name(&name) {
             return;
         }
-        let path = join_exact(&dir, &name);
+        let path = dir.join(&name);
         if self.is_excluded_path(&path) {
             return;
         }
@@ -1383,7 +1383,7 @@ impl Processor {
                 let np = if rel.as_os_str().is_empty() {
                     to.to_path_buf()
                 } else {
-                    join_exact(to, rel.as_os_str())
+                    to.join(rel)
                 };
                 self.state.insert(np, f);
             }
@@ -1400,7 +1400,7 @@ impl Processor {
                 let np = if rel.as_os_str().is_empty() {
                     to.to_path_buf()
                 } else {
-                    join_exact(to, rel.as_os_str())
+                    to.join(rel)
                 };
                 self.wd_path.insert(wd, np.clone());
                 self.path_wd.insert(np, wd);
@@ -1490,27 +1490,6 @@ fn subtree<'a>(
 ) -> impl Iterator<Item = (&'a PathBuf, &'a FileFacts)> + 'a {
     m.range(top.to_path_buf()..)
         .take_while(move |(p, _)| p.starts_with(top))
-}
-
-/// `m` rebuilt with full nodes: inserting entry by entry in directory order leaves a third of every
-/// node empty. `append` into a non-empty map merges both in one sorted pass, filling nodes, and
-/// frees the old nodes as it goes (collecting into a `Vec` and back would hold the tree twice).
-fn compacted(mut m: BTreeMap<PathBuf, FileFacts>) -> BTreeMap<PathBuf, FileFacts> {
-    let mut out = BTreeMap::new();
-    if let Some((k, v)) = m.pop_first() {
-        out.insert(k, v);
-        out.append(&mut m);
-    }
-    out
-}
-
-/// `dir/name` in a buffer of exactly its size (`Path::join` may leave room for as much again, and
-/// the in-memory tree keeps one path per known file).
-fn join_exact(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
-    let mut p = PathBuf::with_capacity(dir.as_os_str().len() + 1 + name.len());
-    p.push(dir);
-    p.push(name);
-    p
 }
 
 /// Removes `top` and everything below it from `m` and returns them. Below-`top` paths are one
@@ -1635,17 +1614,6 @@ mod tests {
             .enumerate()
             .map(|(i, p)| (PathBuf::from(p), facts(i as u64)))
             .collect()
-    }
-
-    #[test]
-    fn compacted_keeps_every_entry() {
-        let m: BTreeMap<PathBuf, FileFacts> = (0..1000u64)
-            .rev()
-            .map(|i| (PathBuf::from(format!("/r/{i:04}")), facts(i)))
-            .collect();
-        let c = compacted(m.clone());
-        assert_eq!(c, m);
-        assert!(compacted(BTreeMap::new()).is_empty());
     }
 
     #[test]
