@@ -206,15 +206,6 @@ impl<T> Receiver<T> {
             st.receiver_waits = false;
         }
     }
-
-    /// Items currently queued.
-    pub fn len(&self) -> usize {
-        self.shared.lock().items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl<T> Drop for Receiver<T> {
@@ -256,7 +247,11 @@ mod tests {
             started.elapsed()
         });
         std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(rx.len(), 1, "the second send must wait for room");
+        assert_eq!(
+            rx.shared.lock().items.len(),
+            1,
+            "the second send must wait for room"
+        );
         assert_eq!(rx.recv().ok(), Some(0));
         let waited = t.join().expect("sender thread");
         assert!(
