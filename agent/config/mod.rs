@@ -105,7 +105,7 @@ fn default_true() -> bool {
 }
 
 /// The package mirror.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipConfig {
     /// The mirror's simple index, e.g. `https://pypi.corp.example/simple`. May carry a token;
@@ -123,9 +123,50 @@ pub struct PipConfig {
     /// pip's network timeout in seconds (1–600).
     #[serde(default)]
     pub timeout_secs: Option<u32>,
-    /// conda channels (names or URLs). Empty: conda is left as it is.
-    #[serde(default)]
+    /// conda channels (names or URLs). Empty: conda is left as it is. A URL may carry
+    /// credentials (`https://u:pw@host/…`) or a token path (`…/t/<token>/…`): written to the
+    /// condarc, never printed.
+    #[serde(default, serialize_with = "redacted_channels")]
     pub conda_channels: Vec<String>,
+}
+
+/// `Debug` shows conda channel URLs redacted (the URL fields redact themselves).
+impl fmt::Debug for PipConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let channels: Vec<String> = self
+            .conda_channels
+            .iter()
+            .map(|c| {
+                if c.contains("://") {
+                    SecretUrl::new(c.clone()).redacted()
+                } else {
+                    c.clone()
+                }
+            })
+            .collect();
+        f.debug_struct("PipConfig")
+            .field("index_url", &self.index_url)
+            .field("extra_index_urls", &self.extra_index_urls)
+            .field("trusted_hosts", &self.trusted_hosts)
+            .field("cert", &self.cert)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("conda_channels", &channels)
+            .finish()
+    }
+}
+
+/// conda channels as status and state files show them: URLs redacted like every [`SecretUrl`].
+fn redacted_channels<S: serde::Serializer>(channels: &[String], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(channels.len()))?;
+    for c in channels {
+        if c.contains("://") {
+            seq.serialize_element(&SecretUrl::new(c.clone()).redacted())?;
+        } else {
+            seq.serialize_element(c)?;
+        }
+    }
+    seq.end()
 }
 
 /// The proxy.
