@@ -374,11 +374,14 @@ mod tests {
     /// the other.
     #[test]
     fn schema_matches_the_serde_types() {
-        let mut c = Config::default();
-        c.pip =
-            Some(serde_json::from_str(r#"{"index_url": "https://m.corp/simple"}"#).expect("pip"));
-        c.proxy = Some(serde_json::from_str(r#"{"http": "http://p:1"}"#).expect("proxy"));
-        c.environment = Some(Default::default());
+        let c = Config {
+            pip: Some(
+                serde_json::from_str(r#"{"index_url": "https://m.corp/simple"}"#).expect("pip"),
+            ),
+            proxy: Some(serde_json::from_str(r#"{"http": "http://p:1"}"#).expect("proxy")),
+            environment: Some(Default::default()),
+            ..Default::default()
+        };
         let v = serde_json::to_value(&c).expect("serialises");
         let mut from_serde = Vec::new();
         value_keys(&v, "", &mut from_serde);
