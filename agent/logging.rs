@@ -25,7 +25,7 @@ pub fn init(verbosity: u8, daemon: bool) {
     };
     let stderr = (!daemon || journald.is_none()).then(|| {
         tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(|| ScrubbedStderr)
             .with_target(false)
             .with_ansi(false)
             .compact()
@@ -35,4 +35,20 @@ pub fn init(verbosity: u8, daemon: bool) {
         .with(journald)
         .with(stderr)
         .try_init();
+}
+
+/// stderr with every secret registered in the process scrubbed (`config::secret::scrub`). The fmt
+/// layer formats an event into a buffer and writes it with one `write_all`, so a secret is never
+/// split across two writes.
+struct ScrubbedStderr;
+
+impl std::io::Write for ScrubbedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(crate::config::secret::scrub(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

@@ -44,7 +44,9 @@ fn python_values(module: &std::path::Path, expr: &str) -> String {
 
 #[test]
 fn config_values_and_metadata_render_into_a_module_python_reads_exactly() {
-    let extra_value = "it's \"quoted\"\\ — ünïcødé ✓ \u{1F680} and a tab\there";
+    // No tab: control characters are refused in every config string (issue 13); a literal
+    // backslash-t must stay two characters.
+    let extra_value = "it's \"quoted\"\\ — ünïcødé ✓ \u{1F680} and a literal \\there";
     let config = serde_json::json!({
         "environment": {
             "vpc": "vpc-0a1b2c3d",

@@ -32,6 +32,8 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
     }
 
     let report = apply::apply(&ctx, &controls).map_err(|e| Failure::Runtime(e.to_string()))?;
+    // Evidence and targets may quote file contents: printed through the config's redaction.
+    let redactor = g.config.redactor();
     for c in &report.controls {
         let (status, evidence) = c
             .finding
@@ -43,10 +45,14 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
             c.title,
             c.changes.len(),
             status,
-            evidence
+            redactor.scrub(&evidence)
         );
         for ch in &c.changes {
-            println!("    {} {}", ch.outcome, ch.target);
+            println!(
+                "    {} {}",
+                ch.outcome,
+                redactor.scrub(&ch.target.to_string())
+            );
         }
     }
     let failing = report.failing();
@@ -66,7 +72,7 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
             "applied, but not compliant: {}",
             failing
                 .iter()
-                .map(|f| format!("{}: {}", f.control, f.evidence))
+                .map(|f| format!("{}: {}", f.control, redactor.scrub(&f.evidence)))
                 .collect::<Vec<_>>()
                 .join("; ")
         )))

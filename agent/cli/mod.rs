@@ -111,6 +111,23 @@ impl Globals {
             Some(path) => config::load(path, true)?,
             None => config::load(&root.path(DEFAULT_CONFIG_PATH), false)?,
         };
+        // The checks that need the root's user database (uid range, the user's own home).
+        let users = crate::host::users::UserDb::load(&root).map_err(Failure::Runtime)?;
+        let defs = crate::host::users::LoginDefs::load(&root);
+        let facts = config::validate::UserFacts {
+            entry: users
+                .user(&config.user.name)
+                .map(|u| (u.uid.as_raw(), u.home.clone())),
+            uid_min: defs.uid_min,
+            uid_max: defs.uid_max,
+        };
+        let problems = config::validate::user_problems(&config, &facts);
+        if !problems.is_empty() {
+            return Err(Failure::Config(ConfigError::Invalid {
+                file: config.source().to_path_buf(),
+                problems,
+            }));
+        }
         Ok(Self { root, config })
     }
 }
@@ -126,7 +143,9 @@ pub fn run(cli: Cli) -> Exit {
     match result {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("notebook-agent: {f}");
+            // Errors may quote a file or a command line: scrubbed of every secret the config
+            // registered.
+            eprintln!("notebook-agent: {}", config::secret::scrub(&f.to_string()));
             f.exit()
         }
     }

@@ -5,6 +5,7 @@
 //! root rights and the audit of the SageMaker directory, which are on unless disabled: `{}` is a
 //! secure configuration on a standard notebook.
 
+pub mod schema;
 pub mod secret;
 pub mod validate;
 
@@ -12,6 +13,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub use secret::{Redactor, SecretUrl};
 pub use validate::Problem;
@@ -103,7 +105,7 @@ fn default_true() -> bool {
 }
 
 /// The package mirror.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipConfig {
     /// The mirror's simple index, e.g. `https://pypi.corp.example/simple`. May carry a token;
@@ -121,9 +123,50 @@ pub struct PipConfig {
     /// pip's network timeout in seconds (1–600).
     #[serde(default)]
     pub timeout_secs: Option<u32>,
-    /// conda channels (names or URLs). Empty: conda is left as it is.
-    #[serde(default)]
+    /// conda channels (names or URLs). Empty: conda is left as it is. A URL may carry
+    /// credentials (`https://u:pw@host/…`) or a token path (`…/t/<token>/…`): written to the
+    /// condarc, never printed.
+    #[serde(default, serialize_with = "redacted_channels")]
     pub conda_channels: Vec<String>,
+}
+
+/// `Debug` shows conda channel URLs redacted (the URL fields redact themselves).
+impl fmt::Debug for PipConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let channels: Vec<String> = self
+            .conda_channels
+            .iter()
+            .map(|c| {
+                if c.contains("://") {
+                    SecretUrl::new(c.clone()).redacted()
+                } else {
+                    c.clone()
+                }
+            })
+            .collect();
+        f.debug_struct("PipConfig")
+            .field("index_url", &self.index_url)
+            .field("extra_index_urls", &self.extra_index_urls)
+            .field("trusted_hosts", &self.trusted_hosts)
+            .field("cert", &self.cert)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("conda_channels", &channels)
+            .finish()
+    }
+}
+
+/// conda channels as status and state files show them: URLs redacted like every [`SecretUrl`].
+fn redacted_channels<S: serde::Serializer>(channels: &[String], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(channels.len()))?;
+    for c in channels {
+        if c.contains("://") {
+            seq.serialize_element(&SecretUrl::new(c.clone()).redacted())?;
+        } else {
+            seq.serialize_element(c)?;
+        }
+    }
+    seq.end()
 }
 
 /// The proxy.
@@ -141,6 +184,24 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub no_proxy: Vec<String>,
 }
+
+/// Names `sagemaker_environment.py` defines itself; `environment.extra` may not reuse them. Here
+/// (not in the control that renders the module) because validation needs it and the config is the
+/// lower layer: `harden` imports `config`, never the reverse.
+pub const RESERVED_NAMES: &[&str] = &[
+    "SAGEMAKER_NOTEBOOK_NAME",
+    "SAGEMAKER_NOTEBOOK_ARN",
+    "SAGEMAKER_REGION",
+    "SAGEMAKER_ACCOUNT_ID",
+    "SAGEMAKER_VPC",
+    "SAGEMAKER_SUBNETS",
+    "SAGEMAKER_SECURITY_GROUPS",
+    "SAGEMAKER_KMS_KEY_ID",
+    "SAGEMAKER_DATA_BUCKET",
+    "SAGEMAKER_MODEL_BUCKET",
+    "network_kwargs",
+    "vpc_config",
+];
 
 /// Values for `sagemaker_environment.py`. The names match the secure data science reference
 /// architecture.
@@ -330,9 +391,21 @@ impl Config {
         out
     }
 
-    /// A scrubber for every secret this config holds.
+    /// conda channels given as URLs (they may carry `u:pw@` or a `/t/<token>/` path).
+    pub fn channel_urls(&self) -> Vec<SecretUrl> {
+        self.pip
+            .iter()
+            .flat_map(|p| p.conda_channels.iter())
+            .filter(|c| c.contains("://"))
+            .map(|c| SecretUrl::new(c.clone()))
+            .collect()
+    }
+
+    /// A scrubber for every secret this config holds (and every value registered process-wide
+    /// with [`secret::register`]), in every encoding the agent writes: the one redaction.
     pub fn redactor(&self) -> Redactor {
-        Redactor::new(self.urls())
+        let channels = self.channel_urls();
+        Redactor::new(self.urls().into_iter().chain(channels.iter()))
     }
 }
 
@@ -408,33 +481,129 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Parses and validates config text. `file` only names the source in messages.
-pub fn parse(text: &str, file: &Path) -> Result<ValidConfig, ConfigError> {
-    let de = &mut serde_json::Deserializer::from_str(text);
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        ConfigError::Parse {
-            file: file.to_path_buf(),
-            path: if path == "." {
-                "(document)".to_string()
-            } else {
-                path
-            },
-            message: scrub_serde_message(&inner),
-        }
-    })?;
-    let problems = validate::validate(&config);
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid {
-            file: file.to_path_buf(),
-            problems,
-        });
+/// Largest config file read, in bytes. The lifecycle script that writes it holds at most ~12 KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// A JSON value read with duplicate keys refused (`serde_json::Value` keeps the last silently;
+/// a second `"audit"` must not quietly turn the first one off).
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
     }
-    Ok(ValidConfig {
-        config,
-        source: file.to_path_buf(),
-    })
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key {k:?} (each key may appear once)"
+                )));
+            }
+            let StrictValue(v) = map.next_value()?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Parses and validates config text. `file` only names the source in messages.
+///
+/// One pass collects every problem: the text must be exactly one JSON object (no trailing data,
+/// no duplicate key); its shape is checked on the JSON value ([`schema`]: unknown keys, types,
+/// control characters, sizes), the parts with the right shape are read into the serde types and
+/// their values validated ([`validate`]). No message echoes a value shaped like a URL with
+/// credentials.
+pub fn parse(text: &str, file: &Path) -> Result<ValidConfig, ConfigError> {
+    let parse_error = |e: serde_json::Error| ConfigError::Parse {
+        file: file.to_path_buf(),
+        path: "(document)".to_string(),
+        message: scrub_serde_message(&e),
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let StrictValue(mut doc) = StrictValue::deserialize(&mut de).map_err(parse_error)?;
+    de.end().map_err(parse_error)?;
+
+    let mut problems = Vec::new();
+    schema::check(&mut doc, &mut problems);
+    let config = if doc.is_object() {
+        match serde_path_to_error::deserialize::<_, Config>(doc) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                // The schema check should have caught it; report it rather than pass it by.
+                if problems.is_empty() {
+                    let path = e.path().to_string();
+                    problems.push(Problem {
+                        path: if path == "." {
+                            "(document)".to_string()
+                        } else {
+                            path
+                        },
+                        message: scrub_serde_message(&e.into_inner()),
+                    });
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(c) = &config {
+        problems.extend(validate::validate(c));
+    }
+    match config {
+        Some(config) if problems.is_empty() => Ok(ValidConfig {
+            config,
+            source: file.to_path_buf(),
+        }),
+        _ => Err(ConfigError::Invalid {
+            file: file.to_path_buf(),
+            problems: problems
+                .into_iter()
+                .map(validate::Problem::hidden)
+                .collect(),
+        }),
+    }
 }
 
 /// serde's messages quote the offending value (`invalid type: string "http://u:p@…"`), which
@@ -458,20 +627,94 @@ fn scrub_serde_message(e: &serde_json::Error) -> String {
     out
 }
 
+/// What `file` is, when it is not a regular file (a symbolic link to one is fine).
+fn not_regular(meta: &std::fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_char_device() || t.is_block_device() {
+        Some("a device")
+    } else {
+        Some("not a regular file")
+    }
+}
+
+/// Reads the config file: only a regular file, at most [`MAX_CONFIG_BYTES`]. A FIFO or device is
+/// refused before it is opened (opening a FIFO blocks until a writer comes), and the open is
+/// non-blocking with the type checked again on the descriptor, so a file swapped for a FIFO in
+/// between cannot hang the agent either.
+fn read_config(file: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |why: String| ConfigError::Read {
+        file: file.to_path_buf(),
+        err: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+    };
+    let not_a_file = |what: &str| refuse(format!("is {what}; the config must be a regular file"));
+    let too_big = || {
+        refuse(format!(
+            "is larger than {MAX_CONFIG_BYTES} bytes, the most a config may have"
+        ))
+    };
+    let io = |err| ConfigError::Read {
+        file: file.to_path_buf(),
+        err,
+    };
+    let meta = std::fs::metadata(file).map_err(io)?;
+    if let Some(what) = not_regular(&meta) {
+        return Err(not_a_file(what));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOCTTY).bits())
+        .open(file)
+        .map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
+    if let Some(what) = not_regular(&meta) {
+        return Err(not_a_file(what));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+        ))
+    })
+}
+
 /// Reads the config at `file`. A missing file is an error when `explicit` (the operator named
-/// it); at the default location it means "use the defaults", which are secure.
+/// it); at the default location it means "use the defaults", which are secure. The secrets of a
+/// valid config are registered process-wide ([`secret::register_all`]) so that errors and logs
+/// printed without the config at hand are scrubbed too.
 pub fn load(file: &Path, explicit: bool) -> Result<ValidConfig, ConfigError> {
-    match std::fs::read_to_string(file) {
+    let valid = match read_config(file) {
         Ok(text) => parse(&text, file),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {
+        Err(ConfigError::Read { err, .. })
+            if err.kind() == std::io::ErrorKind::NotFound && !explicit =>
+        {
             tracing::warn!(path = %file.display(), "No config file; using the defaults.");
             parse("{}", Path::new("<defaults>"))
         }
-        Err(err) => Err(ConfigError::Read {
-            file: file.to_path_buf(),
-            err,
-        }),
-    }
+        Err(e) => Err(e),
+    }?;
+    secret::register_all(&valid.redactor());
+    Ok(valid)
 }
 
 #[cfg(test)]

@@ -2,9 +2,10 @@
 //! anything is touched. Shapes follow the AWS documentation for each identifier.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{Config, SecretUrl};
+use super::secret::looks_like_credential_url;
+use super::{Config, SecretUrl, RESERVED_NAMES};
 
 /// One thing wrong with the config, e.g. `proxy.https: not a URL: relative URL without a base`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +13,64 @@ pub struct Problem {
     /// JSON path of the offending value (`environment.subnets[1]`).
     pub path: String,
     pub message: String,
+}
+
+impl Problem {
+    /// The problem with every quoted value that looks like a URL with credentials replaced, and
+    /// the whole message replaced if one is left unquoted: a value pasted into the wrong field
+    /// (`proxy.no_proxy[0]: "http://u:pw@p:3128"`) is never echoed, and on-start's output is
+    /// shipped to CloudWatch.
+    pub fn hidden(self) -> Problem {
+        if !looks_like_credential_url(&self.message) && !looks_like_credential_url(&self.path) {
+            return self;
+        }
+        let hide = |text: &str| -> String {
+            let mut out = String::with_capacity(text.len());
+            let mut rest = text;
+            while let Some(start) = rest.find('"') {
+                out.push_str(&rest[..start]);
+                let body = &rest[start + 1..];
+                // The end of a Debug-quoted string: the first '"' not escaped by a backslash.
+                let mut end = None;
+                let mut escaped = false;
+                for (i, c) in body.char_indices() {
+                    match c {
+                        '\\' if !escaped => escaped = true,
+                        '"' if !escaped => {
+                            end = Some(i);
+                            break;
+                        }
+                        _ => escaped = false,
+                    }
+                }
+                let Some(end) = end else {
+                    out.push_str(&rest[start..]);
+                    rest = "";
+                    break;
+                };
+                let quoted = &body[..end];
+                if looks_like_credential_url(quoted) {
+                    out.push_str("<a URL with credentials, not shown>");
+                } else {
+                    out.push('"');
+                    out.push_str(quoted);
+                    out.push('"');
+                }
+                rest = &body[end + 1..];
+            }
+            out.push_str(rest);
+            out
+        };
+        let mut path = hide(&self.path);
+        let mut message = hide(&self.message);
+        if looks_like_credential_url(&path) {
+            path = "(a key shaped like a URL with credentials, not shown)".to_string();
+        }
+        if looks_like_credential_url(&message) {
+            message = "holds a value shaped like a URL with credentials (not shown)".to_string();
+        }
+        Problem { path, message }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -48,8 +107,14 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     let mut p = Problems::default();
 
     p.check("user.name", user_or_group_name(&c.user.name));
+    if c.user.name == "root" {
+        p.push("user.name", "\"root\" (uid 0) is not a notebook user; name the user whose root rights are removed (e.g. ec2-user)");
+    }
     if let Some(home) = &c.user.home {
-        p.check("user.home", absolute_path(home));
+        p.check(
+            "user.home",
+            absolute_path(home).and_then(|()| not_system_dir(home)),
+        );
     }
 
     for (i, g) in c.root_access.groups.iter().enumerate() {
@@ -90,6 +155,28 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         for (i, h) in proxy.no_proxy.iter().enumerate() {
             p.check(format!("proxy.no_proxy[{i}]"), no_proxy_entry(h));
         }
+        for (name, u) in [("proxy.http", &proxy.http), ("proxy.https", &proxy.https)] {
+            if let Some(u) = u {
+                if u.expose().len() > MAX_PROXY_URL_BYTES {
+                    p.push(
+                        name,
+                        format!(
+                            "is {} bytes long; at most {MAX_PROXY_URL_BYTES} (each systemd Environment= line stays under 2048 bytes)",
+                            u.expose().len()
+                        ),
+                    );
+                }
+            }
+        }
+        let joined = no_proxy_len(&proxy.no_proxy);
+        if joined > MAX_NO_PROXY_BYTES {
+            p.push(
+                "proxy.no_proxy",
+                format!(
+                    "exports a {joined}-byte no_proxy; at most {MAX_NO_PROXY_BYTES} (it is exported to every login shell and written on one systemd line); use domain suffixes (.example.com) or CIDRs"
+                ),
+            );
+        }
     }
 
     if let Some(env) = &c.environment {
@@ -113,7 +200,7 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         }
         for (k, v) in &env.extra {
             p.check(format!("environment.extra.{k}"), python_identifier(k));
-            if crate::harden::environment::RESERVED_NAMES.contains(&k.as_str()) {
+            if RESERVED_NAMES.contains(&k.as_str()) {
                 p.push(
                     format!("environment.extra.{k}"),
                     "is a name the module defines itself; choose another",
@@ -192,6 +279,99 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     }
     if !(10..=60_000).contains(&a.flush_ms) {
         p.push("audit.flush_ms", "must be between 10 and 60000");
+    }
+    p.0
+}
+
+/// Longest proxy URL, in bytes: its systemd `Environment="HTTPS_PROXY=…"` line, where escaping can
+/// double it, stays under systemd 219's 2048-byte line limit (AL2).
+pub const MAX_PROXY_URL_BYTES: usize = 1000;
+/// Longest `no_proxy` value, in bytes, the always-added entries and commas included: one systemd
+/// line (as above), and with the proxy URLs about 8 KiB of environment in every login shell —
+/// well under the kernel's 128 KiB per string and the ~2 MiB for all of a command's arguments
+/// and environment, which a 1.9 MB `no_proxy` exhausted (every command failed with E2BIG).
+pub const MAX_NO_PROXY_BYTES: usize = 2000;
+
+/// The length of the `no_proxy` value the proxy control exports for these entries.
+pub fn no_proxy_len(entries: &[String]) -> usize {
+    const ALWAYS: &[&str] = &["127.0.0.1", "localhost", "169.254.169.254"];
+    let mut seen: Vec<&str> = ALWAYS.to_vec();
+    for e in entries {
+        if !seen.contains(&e.as_str()) {
+            seen.push(e);
+        }
+    }
+    seen.iter().map(|s| s.len()).sum::<usize>() + seen.len().saturating_sub(1)
+}
+
+/// Directories that belong to the system: a notebook user's home is never one of them or inside
+/// one (the agent creates directories owned by the user there).
+pub const SYSTEM_DIRS: &[&str] = &[
+    "/root", "/etc", "/usr", "/var", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    "/boot", "/dev", "/proc", "/sys", "/run", "/tmp", "/opt", "/srv", "/mnt", "/media", "/snap",
+];
+
+fn not_system_dir(home: &Path) -> Result<(), String> {
+    if home == Path::new("/") {
+        return Err("\"/\" is not a home directory".to_string());
+    }
+    if let Some(d) = SYSTEM_DIRS.iter().find(|d| home.starts_with(d)) {
+        return Err(format!(
+            "{:?} lies in the system directory {d}; a notebook user's home is their own directory (e.g. /home/ec2-user)",
+            home.display().to_string()
+        ));
+    }
+    Ok(())
+}
+
+/// What the host says about the configured user, for [`user_problems`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserFacts {
+    /// The user's uid and home in `/etc/passwd`; `None` when there is no entry.
+    pub entry: Option<(u32, PathBuf)>,
+    /// The login UID range of `/etc/login.defs` (`UID_MIN`, `UID_MAX`; default 1000, 60000).
+    pub uid_min: u32,
+    pub uid_max: u32,
+}
+
+/// The checks that need the host's user database: the notebook user is a login user (not root,
+/// not a system account such as `nobody` or `daemon`, whose "root rights removal" would leave the
+/// real notebook user's untouched), and `user.home` is that user's own home.
+pub fn user_problems(c: &Config, facts: &UserFacts) -> Vec<Problem> {
+    let mut p = Problems::default();
+    if let Some((uid, home)) = &facts.entry {
+        if *uid == 0 {
+            p.push(
+                "user.name",
+                format!(
+                    "{:?} has uid 0 (root); name the notebook user (e.g. ec2-user)",
+                    c.user.name
+                ),
+            );
+        } else if *uid < facts.uid_min || *uid > facts.uid_max {
+            p.push(
+                "user.name",
+                format!(
+                    "{:?} has uid {uid}, a system account (login users have {}-{} in /etc/login.defs); name the notebook user (e.g. ec2-user)",
+                    c.user.name, facts.uid_min, facts.uid_max
+                ),
+            );
+        }
+        if let Some(configured) = &c.user.home {
+            if configured != home {
+                p.push(
+                    "user.home",
+                    format!(
+                        "{:?} is not {:?}'s home ({:?} in /etc/passwd)",
+                        configured.display().to_string(),
+                        c.user.name,
+                        home.display().to_string()
+                    ),
+                );
+            }
+        } else if let Err(e) = not_system_dir(home) {
+            p.push("user.name", format!("the home in /etc/passwd: {e}"));
+        }
     }
     p.0
 }

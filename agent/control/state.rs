@@ -35,6 +35,8 @@ pub fn record_apply(root: &Root, config: &ValidConfig, report: &ApplyReport) -> 
         changed: report.changed(),
         report,
     };
-    let bytes = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
-    write_private(&root.state_dir().join(STATE_FILE), &bytes)
+    let text = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
+    // Evidence may quote a file: the config's one redaction, as for everything printed.
+    let text = config.redactor().scrub(&text);
+    write_private(&root.state_dir().join(STATE_FILE), text.as_bytes())
 }

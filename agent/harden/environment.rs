@@ -34,21 +34,9 @@ pub const DROPIN: &str =
     "/etc/systemd/system/jupyter-server.service.d/notebook-agent-environment.conf";
 const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Names the module defines; `environment.extra` may not reuse them.
-pub const RESERVED_NAMES: &[&str] = &[
-    "SAGEMAKER_NOTEBOOK_NAME",
-    "SAGEMAKER_NOTEBOOK_ARN",
-    "SAGEMAKER_REGION",
-    "SAGEMAKER_ACCOUNT_ID",
-    "SAGEMAKER_VPC",
-    "SAGEMAKER_SUBNETS",
-    "SAGEMAKER_SECURITY_GROUPS",
-    "SAGEMAKER_KMS_KEY_ID",
-    "SAGEMAKER_DATA_BUCKET",
-    "SAGEMAKER_MODEL_BUCKET",
-    "network_kwargs",
-    "vpc_config",
-];
+/// Names the module defines; `environment.extra` may not reuse them (owned by the config, which
+/// validates them).
+pub use crate::config::RESERVED_NAMES;
 
 pub struct Environment;
 

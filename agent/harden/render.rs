@@ -116,4 +116,38 @@ mod tests {
         let no_newline = with_block("x = 1", "#", "y");
         assert!(no_newline.starts_with("x = 1\n# BEGIN"));
     }
+
+    /// The passwords of issue 13: each character some generated file escapes.
+    const NASTY: &[&str] = &[
+        "SE'KRIT",
+        "SE\"KRIT",
+        "SE%KRIT",
+        "SE%5CKRIT",
+        "SE$KRIT",
+        "SE'\"%25%$KRIT",
+    ];
+
+    #[test]
+    fn the_redaction_hides_every_form_these_renderers_write_of_a_password_is_scrubbed() {
+        for pw in NASTY {
+            let raw = format!("http://bob:{pw}@proxy.corp:3128");
+            let r = crate::config::Redactor::new([&crate::config::SecretUrl::new(raw.clone())]);
+            for shown in [
+                raw.clone(),
+                shell_quote(&raw),
+                systemd_env("HTTPS_PROXY", &raw),
+                py_str(&raw),
+                git_value(&raw),
+                serde_json::to_string(&py_str(&raw)).expect("json"),
+                format!("proxy = {raw}"),
+            ] {
+                let out = r.scrub(&shown);
+                assert!(!out.contains("KRIT"), "{pw:?}: {shown} -> {out}");
+                assert!(
+                    out.contains(crate::config::secret::REDACTED),
+                    "{pw:?}: {out}"
+                );
+            }
+        }
+    }
 }

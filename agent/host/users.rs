@@ -89,6 +89,54 @@ impl UserDb {
     }
 }
 
+/// The login UID range from `/etc/login.defs` (shadow-utils): accounts outside it are system
+/// accounts. Missing file or keys: shadow-utils' defaults, 1000 and 60000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginDefs {
+    pub uid_min: u32,
+    pub uid_max: u32,
+}
+
+impl Default for LoginDefs {
+    fn default() -> Self {
+        Self {
+            uid_min: 1000,
+            uid_max: 60000,
+        }
+    }
+}
+
+impl LoginDefs {
+    pub const PATH: &'static str = "/etc/login.defs";
+
+    /// Reads the root's `/etc/login.defs`; unreadable or missing means the defaults.
+    pub fn load(root: &Root) -> Self {
+        std::fs::read_to_string(root.path(Self::PATH))
+            .map(|t| Self::parse(&t))
+            .unwrap_or_default()
+    }
+
+    /// `KEY VALUE` lines, `#` comments; an unparsable value keeps the default.
+    pub fn parse(text: &str) -> Self {
+        let mut out = Self::default();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(key), Some(value)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = value.parse::<u32>() else {
+                continue;
+            };
+            match key {
+                "UID_MIN" => out.uid_min = n,
+                "UID_MAX" => out.uid_max = n,
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
 fn fields(line: &str) -> Option<Vec<&str>> {
     let line = line.trim_end_matches('\r');
     if line.is_empty() || line.starts_with('#') || line.starts_with('+') || line.starts_with('-') {
@@ -160,6 +208,13 @@ mod tests {
         assert_eq!(db.groups_of("ec2-user"), ["ec2-user", "wheel", "docker"]);
         assert_eq!(db.groups_of("alice"), ["docker"]);
         assert!(db.group("adm").is_some_and(|g| g.members.is_empty()));
+    }
+
+    #[test]
+    fn login_defs_uid_range() {
+        let d = LoginDefs::parse("# c\nUID_MIN\t\t 500\nUID_MAX 59999\nGID_MIN 7\nUID_MIN x\n");
+        assert_eq!((d.uid_min, d.uid_max), (500, 59999));
+        assert_eq!(LoginDefs::parse(""), LoginDefs::default());
     }
 }
 

@@ -493,7 +493,24 @@ hx_secret_nowhere() {
   grep -qF "$HX_SECRET" "$INFRA_STATE/on-start.log" && where+=("on-start output")
   lc_events_json | grep -qF "$HX_SECRET" && where+=("CloudWatch (moto)")
   sandbox_exec grep -rlaF "$HX_SECRET" "$HX_SPOOL" /var/lib/notebook-agent && where+=("spool or /var/lib/notebook-agent")
-  echo "looked in: journal ($(wc -l <"$INFRA_STATE/hx-journal.txt") lines), status, status --json, apply, apply --dry-run, on-start output, moto, $HX_SPOOL, /var/lib/notebook-agent (daemon.json, shipper.json, state.json, backups)"
+  # Passwords the generated files escape (profile.d '\'', systemd %% and \", JSON/YAML \" and \\)
+  # and conda channel credentials (u:pw@ and a /t/<token>/ path): the dry run prints the files'
+  # text, so it must hide every encoding. Each secret holds HXKRIT, which no escaping changes.
+  local c n=0 cfg out
+  for c in "'" '"' '%' '%5C' '$' "'\"%%5C\$"; do
+    n=$((n + 1))
+    cfg=$(C=$c python3 -c 'import json, os; c = os.environ["C"]
+pw = lambda i: "p" + c + "HXKRIT" + str(i) + c + "w"
+print(json.dumps({"proxy": {"http": "http://nbuser:%s@proxy.corp:3128" % pw(1), "no_proxy": [".corp"]},
+  "pip": {"index_url": "https://tok:%s@mirror.corp/simple" % pw(2),
+          "conda_channels": ["https://cu:%s@conda.corp/main" % pw(3), "https://conda.corp/t/%s/main" % pw(4)]}}))') || return 2
+    sandbox_exec sh -c 'umask 077; cat >/root/hx-nasty.json' <<<"$cfg" || return 2
+    out=$(sandbox_exec notebook-agent --config /root/hx-nasty.json apply --dry-run 2>&1)
+    grep -q 'REDACTED' <<<"$out" || { echo "nasty password $n ($c): the dry run shows no redaction: $out"; return 2; }
+    grep -qF HXKRIT <<<"$out" && where+=("apply --dry-run output (password with $c: $(grep -oE ".{0,30}HXKRIT.{0,10}" <<<"$out" | head -1))")
+  done
+  sandbox_exec rm -f /root/hx-nasty.json
+  echo "looked in: journal ($(wc -l <"$INFRA_STATE/hx-journal.txt") lines), status, status --json, apply, apply --dry-run (also with passwords holding ' \" % \\ \$ and conda channel credentials), on-start output, moto, $HX_SPOOL, /var/lib/notebook-agent (daemon.json, shipper.json, state.json, backups)"
   ((${#where[@]} == 0)) || { echo "the password is in: ${where[*]}"; rc=1; }
   return "$rc"
 }

@@ -4,15 +4,21 @@
 //! Invariants: never a panic; an error is the normal `ConfigError` (`Parse` or `Invalid` with at
 //! least one problem, never `Read`) and renders; a valid config serialises (the form `status` and
 //! the state files use), parses and validates again, and serialises to the same text; and no
-//! credential of a URL in the input (proxy, pip index, IMDS endpoint) appears in an error message,
-//! the serialised config or its `Debug` form.
+//! credential of a URL in the input (proxy, pip index, IMDS endpoint, conda channels) appears in
+//! an error message, the serialised config or its `Debug` form. Since issue 13 also: no credential
+//! URL put in *any* field is echoed by an error; a valid config is exactly one JSON object (no
+//! trailing data, every section an object) and none of its strings holds a control character;
+//! and each URL secret, rendered with every escaping the generated files use (shell, systemd,
+//! JSON/Python/YAML, git, JSON in JSON) and passed through the config's redaction, is gone.
 #![no_main]
 
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
+use notebook_agent::config::schema::forbidden_char;
 use notebook_agent::config::secret::percent_decode;
 use notebook_agent::config::{self, ConfigError, SecretUrl};
+use notebook_agent::harden::render::{git_value, py_str, shell_quote, systemd_env};
 use serde_json::Value;
 
 /// JSON pointers of the fields that hold a `SecretUrl` (arrays: every element).
@@ -22,7 +28,34 @@ const URL_FIELDS: &[&str] = &[
     "/proxy/http",
     "/proxy/https",
     "/environment/imds_endpoint",
+    "/pip/conda_channels",
 ];
+
+/// Every string value in `v` that holds "://": a credential URL pasted into any field must not be
+/// echoed by an error.
+fn any_urls(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => m.values().for_each(|x| any_urls(x, out)),
+        Value::Array(a) => a.iter().for_each(|x| any_urls(x, out)),
+        Value::String(s) if s.contains("://") => out.push(s.clone()),
+        _ => {}
+    }
+}
+
+/// Every string and key in `v`.
+fn all_strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                out.push(k.clone());
+                all_strings(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| all_strings(x, out)),
+        Value::String(s) => out.push(s.clone()),
+        _ => {}
+    }
+}
 
 /// The URL strings of the input, read independently of the agent's parser.
 fn input_urls(v: &Value) -> Vec<String> {
@@ -84,6 +117,57 @@ fn secrets(text: &str) -> Vec<String> {
     out
 }
 
+/// Like [`secrets`] for the user-info of a URL in any string of the document (an error must not
+/// echo it, whatever the field), kept only where it occurs once among all strings and keys.
+fn secrets_anywhere(text: &str) -> Vec<String> {
+    let Ok(doc) = serde_json::from_str::<Value>(text) else {
+        return Vec::new();
+    };
+    let mut urls = Vec::new();
+    any_urls(&doc, &mut urls);
+    let mut strings = Vec::new();
+    all_strings(&doc, &mut strings);
+    let count = |needle: &str| -> usize { strings.iter().map(|x| x.matches(needle).count()).sum() };
+    let mut out = Vec::new();
+    for u in &urls {
+        for s in SecretUrl::new(u.clone()).secrets() {
+            let userinfo = s.starts_with("//") && s.ends_with('@') && s.contains(':');
+            if !userinfo || s == *u || s.len() < 8 {
+                continue;
+            }
+            if count(&s) == 1 && !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// The forms in which the generated files write `s`, each as it appears inside the rendered value.
+fn rendered_forms(s: &str) -> Vec<String> {
+    let inner = |q: String| -> String {
+        q.strip_prefix('"')
+            .and_then(|x| x.strip_suffix('"'))
+            .unwrap_or(&q)
+            .to_string()
+    };
+    let json = inner(py_str(s));
+    vec![
+        s.to_string(),
+        s.replace('\'', r"'\''"),
+        {
+            let line = systemd_env("K", s);
+            line.strip_prefix("Environment=\"K=")
+                .and_then(|x| x.strip_suffix('"'))
+                .unwrap_or(&line)
+                .to_string()
+        },
+        json.clone(),
+        inner(git_value(s)),
+        inner(serde_json::to_string(&json).unwrap_or_default()),
+    ]
+}
+
 fn assert_no_secret(what: &str, printed: &str, secrets: &[String]) {
     for s in secrets {
         assert!(
@@ -100,6 +184,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let file = Path::new("/etc/notebook-agent/config.json");
     let secrets = secrets(text);
+    let anywhere = secrets_anywhere(text);
     match config::parse(text, file) {
         Err(e) => {
             match &e {
@@ -114,9 +199,45 @@ fuzz_target!(|data: &[u8]| {
             }
             assert_no_secret("the error", &e.to_string(), &secrets);
             assert_no_secret("the error's Debug", &format!("{e:?}"), &secrets);
+            assert_no_secret("the error (any field)", &e.to_string(), &anywhere);
         }
         Ok(valid) => {
             let cfg = valid.get();
+            // Exactly one JSON object, every section an object, no control character anywhere.
+            let doc: Value = serde_json::from_str(text)
+                .unwrap_or_else(|e| panic!("a valid config is not one JSON value: {e}"));
+            let Value::Object(top) = &doc else {
+                panic!("a valid config is not an object: {text}");
+            };
+            for (k, v) in top {
+                assert!(
+                    v.is_object() || v.is_null(),
+                    "section {k} is accepted as {v}"
+                );
+            }
+            let mut strings = Vec::new();
+            all_strings(&doc, &mut strings);
+            for s in &strings {
+                assert!(
+                    !s.chars().any(forbidden_char),
+                    "a valid config holds a control character: {s:?}"
+                );
+            }
+            // Every secret, as each generated file writes it, is gone after the redaction.
+            let redactor = cfg.redactor();
+            let mut urls: Vec<String> = cfg.urls().iter().map(|u| u.expose().to_string()).collect();
+            urls.extend(cfg.channel_urls().iter().map(|u| u.expose().to_string()));
+            for u in &urls {
+                for form in rendered_forms(u) {
+                    let scrubbed = redactor.scrub(&form);
+                    for sec in &secrets {
+                        let gone = rendered_forms(sec)
+                            .into_iter()
+                            .all(|f| f.len() < 8 || !scrubbed.contains(&f));
+                        assert!(gone, "the secret {sec:?} survives redaction in {scrubbed:?}");
+                    }
+                }
+            }
             let shown = serde_json::to_string(cfg).expect("a valid config serialises");
             assert_no_secret("the serialised config", &shown, &secrets);
             assert_no_secret("the config's Debug", &format!("{cfg:?}"), &secrets);
