@@ -270,34 +270,32 @@ impl ProcessTable {
         }
     }
 
-    /// The connector saw `parent` fork `child` at `ts_ns` (monotonic).
+    /// The connector saw `parent` fork `child` at `ts_ns` (monotonic). Until it execs, a child
+    /// runs its parent's program: the parent's facts are copied, nothing is read (the feeder must
+    /// be quick for the exec that usually follows at once).
     pub fn on_fork(&self, parent: u32, child: u32, ts_ns: u64) {
-        let info = match read_proc(&self.cfg.proc_root, child) {
-            Ok(r) => self.info_from_read(r, Seen::Fork, Some(parent)),
-            Err(_) => {
-                // Gone already. Until it execs, a child runs its parent's program: copy that.
-                let created = self.mono_to_ms(ts_ns);
-                let p = self.live(parent);
-                let mut info = match p {
-                    Some(p) => ProcessInfo {
-                        pid: child,
-                        ppid: parent,
-                        created_time_ms: created,
-                        exited_ms: None,
-                        seen: Seen::Fork,
-                        note: Some(format!(
-                            "exited before /proc/{child} could be read; its program is its parent's (a fork that did not exec)"
-                        )),
-                        jupyter: None,
-                        ..(*p).clone()
-                    },
-                    None => self.stub(child, parent, created, format!(
+        let created = self.mono_to_ms(ts_ns);
+        let info = match self.live(parent) {
+            Some(p) => ProcessInfo {
+                pid: child,
+                ppid: parent,
+                created_time_ms: created,
+                exited_ms: None,
+                seen: Seen::Fork,
+                jupyter: None,
+                ..(*p).clone()
+            },
+            None => match read_proc(&self.cfg.proc_root, child) {
+                Ok(r) => self.info_from_read(r, Seen::Fork, Some(parent)),
+                Err(_) => self.stub(
+                    child,
+                    parent,
+                    created,
+                    format!(
                         "forked by {parent} and exited before /proc/{child} could be read; the parent was not known either"
-                    )),
-                };
-                info.seen = Seen::Fork;
-                info
-            }
+                    ),
+                ),
+            },
         };
         self.upsert(info);
     }
@@ -495,6 +493,11 @@ impl ProcessTable {
 
     // ---- asking ----
 
+    /// Every process the table knows now (live and exited), for `status` and tests.
+    pub fn all(&self) -> Vec<Arc<ProcessInfo>> {
+        self.lock().by_pid.values().flatten().cloned().collect()
+    }
+
     /// Who `pid` was for an event read at `at_ms`.
     pub fn lookup(&self, pid: u32, at_ms: i64) -> Lookup {
         self.lookup_between(pid, i64::MIN, at_ms)
@@ -598,12 +601,13 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> io::Result<ProcRead> {
     let stat = std::fs::read(dir.join("stat"))?;
     let (ppid, comm, start_ticks, tty_nr) = parse_stat(&stat)
         .ok_or_else(|| io::Error::other(format!("{}/stat: unexpected format", dir.display())))?;
-    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-    let (real_uid, uid) = parse_uids(&status);
+    // What an instant process loses first when it exits (a zombie has neither) is read first.
+    let exe = std::fs::read_link(dir.join("exe")).ok();
     let argv = std::fs::read(dir.join("cmdline"))
         .ok()
         .and_then(|b| parse_cmdline(&b));
-    let exe = std::fs::read_link(dir.join("exe")).ok();
+    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+    let (real_uid, uid) = parse_uids(&status);
     let again = std::fs::read(dir.join("stat"))?;
     match parse_stat(&again) {
         Some((_, _, t, _)) if t == start_ticks => {}
