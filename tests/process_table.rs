@@ -6,12 +6,16 @@
 //! Needs root in the host's initial network namespace (the connector); fails with a clear message
 //! otherwise.
 
+mod ocsf_common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notebook_agent::audit::change::now_ms;
+use notebook_agent::audit::change::{now_ms, ChangeKind, FsChange, Source};
+use notebook_agent::audit::ocsf;
+use notebook_agent::audit::ocsf_actor::{attribute, Attribution};
 use notebook_agent::audit::process::connector::{Connector, ConnectorRefusal, Feeder};
 use notebook_agent::audit::process::jupyter::{descent, JupyterRole};
 use notebook_agent::audit::process::{Lookup, ProcessInfo, ProcessTable, TableConfig};
@@ -190,4 +194,79 @@ fn in_a_private_network_namespace_the_connector_is_refused_with_a_reason() {
         text.contains("REFUSED: process-events connector unavailable (network namespace)"),
         "{text}"
     );
+}
+
+#[test]
+fn file_records_with_a_process_actor_validate_against_the_ocsf_schema() {
+    let t = table();
+    let _f = feeder(&t);
+    let d = tempfile::tempdir().expect("tempdir");
+    let conn = d.path().join("kernel-k-1.json");
+    let target = d.path().join("out.csv");
+    let mut k = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("/bin/cp /etc/hostname '{}'", target.display()))
+        .args(["ipykernel_launcher", "-f"])
+        .arg(&conn)
+        .spawn()
+        .expect("spawn");
+    let kpid = k.id();
+    assert!(k.wait().expect("wait").success());
+    exited(&t, kpid);
+    let cp = t
+        .all()
+        .into_iter()
+        .find(|i| i.ppid == kpid)
+        .expect("the kernel's child was seen");
+    let ctx = ocsf_common::ctx();
+    let change = FsChange {
+        kind: ChangeKind::Create,
+        path: target.clone(),
+        facts: Some(ocsf_common::regular()),
+        time_ms: now_ms(),
+        source: Source::Live,
+    };
+    let known = Lookup::Known(Arc::clone(&cp));
+    let parent = t.parent(&cp);
+    let jupyter = descent(&t, &cp);
+    let unknown = Lookup::Unknown("process 4242 exited before it could be read".into());
+    for a in [
+        Attribution {
+            pid: Some(cp.pid),
+            lookup: &known,
+            parent: parent.as_deref(),
+            jupyter: jupyter.as_ref().map(|(r, p)| (r, p.as_ref())),
+        },
+        Attribution {
+            pid: Some(4242),
+            lookup: &unknown,
+            parent: None,
+            jupyter: None,
+        },
+        Attribution {
+            pid: None,
+            lookup: &unknown,
+            parent: None,
+            jupyter: None,
+        },
+    ] {
+        let mut r = ocsf::file_activity(&change, &ctx, 1);
+        attribute(&mut r, &a, &ctx);
+        let errs = ocsf_common::schema_errors(&r);
+        assert!(errs.is_empty(), "{errs:#?}\nin {r:#}");
+        if a.pid == Some(cp.pid) {
+            assert_eq!(r["unmapped"]["actor_basis"], "process", "{r:#}");
+            assert_eq!(
+                r["actor"]["process"]["parent_process"]["pid"], kpid,
+                "{r:#}"
+            );
+            assert_eq!(r["unmapped"]["jupyter"]["kernel_id"], "k-1", "{r:#}");
+            assert_eq!(r["actor"]["user"]["name"], "root", "{r:#}");
+            // The schema does check the process object.
+            let mut bad = r.clone();
+            bad["actor"]["process"]["pid"] = "42".into();
+            bad["actor"]["process"]["parent_process"]["surprise"] = 1.into();
+            assert_eq!(ocsf_common::schema_errors(&bad).len(), 2, "{bad:#}");
+        }
+    }
 }
