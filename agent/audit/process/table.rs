@@ -1,0 +1,852 @@
+//! pid → what the process is: executable, command line (redacted), users, parent, start time,
+//! and what Jupyter role it has. Fed by the process-events connector (`connector`) at fork, exec
+//! and exit, so a process that is gone from `/proc` before its file event is read is still known
+//! for a grace period; without the connector, `/proc` is read when an event asks.
+//!
+//! **Identity.** A pid is reused, so a process is (pid, start time). Every incarnation of a pid
+//! is kept until its grace period ends; a lookup that cannot tell which incarnation acted says so
+//! ([`Lookup::Unknown`]) rather than guess. Start times come from `/proc/<pid>/stat` (clock ticks
+//! since boot, 10 ms) or, for a process gone before `/proc` could be read, from the connector's
+//! fork timestamp; two start times within [`SAME_START_MS`] are the same process.
+//!
+//! **Users.** `uid` is the effective uid (what the kernel checked the file access against) and
+//! `real_uid` the real one (who started it: they differ for a set-uid program).
+//!
+//! Why hand parsing and not the `procfs` crate: we read four small files (`stat`, `status`,
+//! `cmdline`, `exe`, and `environ` only to recognise a Jupyter terminal) and need a handful of
+//! fields; `stat`'s one trap (a `comm` with spaces or parentheses) is handled by splitting at the
+//! last `)`. The crate would add rustix and its own error types to a static binary for that.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::cmdline;
+use super::jupyter::{self, JupyterRole};
+use crate::audit::change::now_ms;
+
+/// Start times this close (ms) are one process (a clock tick is 10 ms).
+pub const SAME_START_MS: i64 = 20;
+
+/// How a process came to be known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Read from `/proc` when the connector reported its `exec`.
+    Exec,
+    /// Read (or copied from its parent) when the connector reported its `fork`.
+    Fork,
+    /// Found by the scan of `/proc` at start (or after lost connector messages).
+    Scan,
+    /// Read from `/proc` when a lookup asked for it.
+    Lookup,
+}
+
+/// One process (one incarnation of a pid). Fields the agent could not read are `None`, and
+/// `note` says why; nothing is filled in by guess.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// The parent when the process was forked (if the connector saw it), else `/proc`'s.
+    pub ppid: u32,
+    /// `comm`: the kernel's short name (15 bytes; what `ps` shows).
+    pub name: Option<String>,
+    /// The executable (`/proc/<pid>/exe`), never argv[0].
+    pub exe: Option<PathBuf>,
+    /// Redacted and bounded ([`cmdline::cmd_line`]).
+    pub cmd_line: Option<String>,
+    /// ms since the epoch.
+    pub created_time_ms: i64,
+    /// Effective uid.
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub real_uid: Option<u32>,
+    pub real_user: Option<String>,
+    pub exited_ms: Option<i64>,
+    pub jupyter: Option<JupyterRole>,
+    pub seen: Seen,
+    pub note: Option<String>,
+}
+
+/// The answer to "who is pid N".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Known(Arc<ProcessInfo>),
+    /// Why nothing can be said (a sentence for `unmapped.actor_basis`).
+    Unknown(String),
+}
+
+pub type UserLookup = Box<dyn Fn(u32) -> Option<String> + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    /// Where `/proc` is (tests point it elsewhere).
+    pub proc_root: PathBuf,
+    /// How long an exited process stays known.
+    pub grace: Duration,
+    /// At most this many exited processes are kept (the oldest go first).
+    pub max_exited: usize,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            proc_root: PathBuf::from("/proc"),
+            grace: Duration::from_secs(60),
+            max_exited: 8192,
+        }
+    }
+}
+
+/// Counters for `status` and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub live: usize,
+    pub exited: usize,
+    /// Connector messages lost (socket buffer overrun): the table was rescanned after each.
+    pub lost: u64,
+    /// Processes read at lookup time (not known beforehand).
+    pub read_at_lookup: u64,
+}
+
+/// What one read of `/proc/<pid>` gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcRead {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub start_ticks: u64,
+    pub tty: Option<String>,
+    pub real_uid: Option<u32>,
+    pub uid: Option<u32>,
+    /// `None` for a zombie or kernel thread (empty `cmdline`).
+    pub argv: Option<Vec<String>>,
+    pub exe: Option<PathBuf>,
+}
+
+struct Inner {
+    /// Incarnations of each pid, oldest first; only the last may be alive.
+    by_pid: HashMap<u32, Vec<Arc<ProcessInfo>>>,
+    /// Exited incarnations in exit order: (pid, created, exited).
+    exited: VecDeque<(u32, i64, i64)>,
+    /// `None` while the connector feeds the table; else why it does not.
+    feed_missing: Option<String>,
+    lost: u64,
+    read_at_lookup: u64,
+}
+
+pub struct ProcessTable {
+    cfg: TableConfig,
+    /// Wall-clock ms at boot (`CLOCK_REALTIME - CLOCK_BOOTTIME`): `/proc` start times.
+    boot_ms: i64,
+    /// Wall-clock ms at `CLOCK_MONOTONIC` zero: the connector's timestamps.
+    mono_ms: i64,
+    tick_hz: u64,
+    users: UserLookup,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for ProcessTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessTable")
+            .field("cfg", &self.cfg)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+fn clock_ms(id: nix::time::ClockId) -> i64 {
+    nix::time::clock_gettime(id)
+        .map(|t| t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000)
+        .unwrap_or(0)
+}
+
+impl ProcessTable {
+    /// An empty table (no connector yet: `feed_missing` says so until [`set_feed`](Self::set_feed)).
+    pub fn new(cfg: TableConfig, users: UserLookup) -> Self {
+        use nix::time::ClockId;
+        let now = clock_ms(ClockId::CLOCK_REALTIME);
+        let tick_hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .and_then(|v| u64::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(100);
+        Self {
+            boot_ms: now - clock_ms(ClockId::CLOCK_BOOTTIME),
+            mono_ms: now - clock_ms(ClockId::CLOCK_MONOTONIC),
+            tick_hz,
+            users,
+            cfg,
+            inner: Mutex::new(Inner {
+                by_pid: HashMap::new(),
+                exited: VecDeque::new(),
+                feed_missing: Some("the process-events connector was not started".into()),
+                lost: 0,
+                read_at_lookup: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent-enough data (plain inserts/removes).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the connector feeds the table (`Ok`) or why not.
+    pub fn set_feed(&self, feed: Result<(), String>) {
+        self.lock().feed_missing = feed.err();
+    }
+
+    pub fn stats(&self) -> TableStats {
+        let g = self.lock();
+        let live = g
+            .by_pid
+            .values()
+            .filter(|v| v.last().is_some_and(|i| i.exited_ms.is_none()))
+            .count();
+        TableStats {
+            live,
+            exited: g.exited.len(),
+            lost: g.lost,
+            read_at_lookup: g.read_at_lookup,
+        }
+    }
+
+    /// Start time in wall-clock ms of a `/proc` start time in ticks.
+    pub fn created_ms(&self, start_ticks: u64) -> i64 {
+        self.boot_ms + i64::try_from(start_ticks.saturating_mul(1000) / self.tick_hz).unwrap_or(0)
+    }
+
+    /// Wall-clock ms of a connector timestamp (`CLOCK_MONOTONIC` ns).
+    pub fn mono_to_ms(&self, ns: u64) -> i64 {
+        self.mono_ms + i64::try_from(ns / 1_000_000).unwrap_or(0)
+    }
+
+    // ---- feeding ----
+
+    /// Reads every process in `/proc` (at start, and after connector messages were lost: then
+    /// the known live processes that are gone or replaced are marked exited).
+    pub fn scan(&self) {
+        let mut reads: Vec<ProcRead> = match std::fs::read_dir(&self.cfg.proc_root) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|pid| read_proc(&self.cfg.proc_root, pid).ok())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "Reading /proc for the process table failed.");
+                return;
+            }
+        };
+        // Parents first (a parent always started before its child): terminal detection looks
+        // at the parent's role.
+        reads.sort_by_key(|r| r.start_ticks);
+        let now = now_ms();
+        {
+            let mut g = self.lock();
+            let gone: Vec<u32> = g
+                .by_pid
+                .iter()
+                .filter(|(pid, v)| {
+                    v.last().is_some_and(|i| i.exited_ms.is_none())
+                        && !reads.iter().any(|r| {
+                            r.pid == **pid
+                                && v.last().is_some_and(|i| {
+                                    (self.created_ms(r.start_ticks) - i.created_time_ms).abs()
+                                        <= SAME_START_MS
+                                })
+                        })
+                })
+                .map(|(pid, _)| *pid)
+                .collect();
+            for pid in gone {
+                self.mark_exited(&mut g, pid, None, now);
+            }
+        }
+        for r in reads {
+            let info = self.info_from_read(r, Seen::Scan, None);
+            self.upsert(info);
+        }
+    }
+
+    /// The connector saw `parent` fork `child` at `ts_ns` (monotonic). Until it execs, a child
+    /// runs its parent's program: the parent's facts are copied, nothing is read (the feeder must
+    /// be quick for the exec that usually follows at once).
+    pub fn on_fork(&self, parent: u32, child: u32, ts_ns: u64) {
+        let created = self.mono_to_ms(ts_ns);
+        let info = match self.live(parent) {
+            Some(p) => ProcessInfo {
+                pid: child,
+                ppid: parent,
+                created_time_ms: created,
+                exited_ms: None,
+                seen: Seen::Fork,
+                jupyter: None,
+                ..(*p).clone()
+            },
+            None => match read_proc(&self.cfg.proc_root, child) {
+                Ok(r) => self.info_from_read(r, Seen::Fork, Some(parent)),
+                Err(_) => self.stub(
+                    child,
+                    parent,
+                    created,
+                    format!(
+                        "forked by {parent} and exited before /proc/{child} could be read; the parent was not known either"
+                    ),
+                ),
+            },
+        };
+        self.upsert(info);
+    }
+
+    /// The connector saw `pid` exec a new program.
+    pub fn on_exec(&self, pid: u32, ts_ns: u64) {
+        let prev = self.live(pid);
+        let fork_parent = prev.as_ref().map(|p| p.ppid);
+        match read_proc(&self.cfg.proc_root, pid) {
+            Ok(r) => {
+                let info = self.info_from_read(r, Seen::Exec, fork_parent);
+                self.upsert(info);
+            }
+            Err(_) => {
+                // The new program is unknown: keep who it was, drop what it ran.
+                let note = format!(
+                    "exec'd a program and exited before /proc/{pid} could be read: the program is unknown"
+                );
+                let info = match prev {
+                    Some(p) => ProcessInfo {
+                        name: None,
+                        exe: None,
+                        cmd_line: None,
+                        // A set-uid program changes the effective uid, not the real one.
+                        uid: None,
+                        user: None,
+                        jupyter: None,
+                        seen: Seen::Exec,
+                        note: Some(note),
+                        ..(*p).clone()
+                    },
+                    None => self.stub(pid, 0, self.mono_to_ms(ts_ns), note),
+                };
+                self.upsert(info);
+            }
+        }
+    }
+
+    /// The connector saw `pid` exit.
+    pub fn on_exit(&self, pid: u32, ts_ns: u64) {
+        let at = self.mono_to_ms(ts_ns);
+        let mut g = self.lock();
+        self.mark_exited(&mut g, pid, None, at);
+        self.expire(&mut g, now_ms());
+    }
+
+    /// The connector saw `pid` change its uids (`setuid`).
+    pub fn on_uid(&self, pid: u32, real_uid: u32, uid: u32) {
+        let mut g = self.lock();
+        if let Some(last) = g.by_pid.get_mut(&pid).and_then(|v| v.last_mut()) {
+            if last.exited_ms.is_none() {
+                let mut i = (**last).clone();
+                i.uid = Some(uid);
+                i.user = (self.users)(uid);
+                i.real_uid = Some(real_uid);
+                i.real_user = (self.users)(real_uid);
+                *last = Arc::new(i);
+            }
+        }
+    }
+
+    /// Connector messages were lost: exits may have been missed.
+    pub fn on_lost(&self) {
+        self.lock().lost += 1;
+        self.scan();
+    }
+
+    fn stub(&self, pid: u32, ppid: u32, created: i64, note: String) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            ppid,
+            name: None,
+            exe: None,
+            cmd_line: None,
+            created_time_ms: created,
+            uid: None,
+            user: None,
+            real_uid: None,
+            real_user: None,
+            exited_ms: None,
+            jupyter: None,
+            seen: Seen::Fork,
+            note: Some(note),
+        }
+    }
+
+    fn live(&self, pid: u32) -> Option<Arc<ProcessInfo>> {
+        self.lock()
+            .by_pid
+            .get(&pid)
+            .and_then(|v| v.last())
+            .filter(|i| i.exited_ms.is_none())
+            .cloned()
+    }
+
+    fn info_from_read(&self, r: ProcRead, seen: Seen, fork_parent: Option<u32>) -> ProcessInfo {
+        let ppid = fork_parent.filter(|p| *p != 0).unwrap_or(r.ppid);
+        let mut role = r.argv.as_deref().and_then(jupyter::own_role);
+        if role.is_none() {
+            let parent_is_server = self
+                .live(ppid)
+                .is_some_and(|p| p.jupyter == Some(JupyterRole::Server));
+            if parent_is_server {
+                let env = std::fs::read(self.cfg.proc_root.join(format!("{}/environ", r.pid)))
+                    .unwrap_or_default();
+                role = jupyter::terminal_role(true, &env, r.tty.clone());
+            }
+        }
+        let note = match (&r.argv, &r.exe) {
+            (None, _) => Some("no command line (a zombie or kernel thread)".to_string()),
+            (_, None) => Some(format!("/proc/{}/exe unreadable", r.pid)),
+            _ => None,
+        };
+        ProcessInfo {
+            pid: r.pid,
+            ppid,
+            name: Some(r.comm),
+            exe: r.exe,
+            cmd_line: r.argv.as_deref().map(cmdline::cmd_line),
+            created_time_ms: self.created_ms(r.start_ticks),
+            user: r.uid.and_then(|u| (self.users)(u)),
+            uid: r.uid,
+            real_user: r.real_uid.and_then(|u| (self.users)(u)),
+            real_uid: r.real_uid,
+            exited_ms: None,
+            jupyter: role,
+            seen,
+            note,
+        }
+    }
+
+    /// Adds a process, or updates the incarnation with the same start time (an exec). A live
+    /// incarnation with another start time exited unseen: it is marked exited.
+    fn upsert(&self, info: ProcessInfo) {
+        let now = now_ms();
+        let mut g = self.lock();
+        let pid = info.pid;
+        let created = info.created_time_ms;
+        let same = g.by_pid.get(&pid).and_then(|v| v.last()).map(|l| {
+            (
+                (l.created_time_ms - created).abs() <= SAME_START_MS,
+                l.exited_ms,
+            )
+        });
+        match same {
+            Some((true, exited)) => {
+                if let Some(last) = g.by_pid.get_mut(&pid).and_then(|v| v.last_mut()) {
+                    let mut info = info;
+                    info.exited_ms = exited;
+                    *last = Arc::new(info);
+                }
+            }
+            Some((false, None)) => {
+                self.mark_exited(&mut g, pid, None, created.min(now));
+                g.by_pid.entry(pid).or_default().push(Arc::new(info));
+            }
+            _ => g.by_pid.entry(pid).or_default().push(Arc::new(info)),
+        }
+        self.expire(&mut g, now);
+    }
+
+    /// Marks the live incarnation of `pid` (with start time `created`, if given) exited at `at`.
+    fn mark_exited(&self, g: &mut Inner, pid: u32, created: Option<i64>, at: i64) {
+        let Some(last) = g.by_pid.get_mut(&pid).and_then(|v| v.last_mut()) else {
+            return;
+        };
+        if last.exited_ms.is_some()
+            || created.is_some_and(|c| (c - last.created_time_ms).abs() > SAME_START_MS)
+        {
+            return;
+        }
+        let mut i = (**last).clone();
+        i.exited_ms = Some(at.max(i.created_time_ms));
+        let created = i.created_time_ms;
+        *last = Arc::new(i);
+        g.exited.push_back((pid, created, at));
+    }
+
+    /// Forgets exited processes past the grace period or beyond the count bound.
+    fn expire(&self, g: &mut Inner, now: i64) {
+        let grace = i64::try_from(self.cfg.grace.as_millis()).unwrap_or(i64::MAX);
+        while let Some(&(pid, created, exited)) = g.exited.front() {
+            if exited.saturating_add(grace) >= now && g.exited.len() <= self.cfg.max_exited {
+                break;
+            }
+            g.exited.pop_front();
+            if let Some(v) = g.by_pid.get_mut(&pid) {
+                v.retain(|i| !(i.exited_ms.is_some() && i.created_time_ms == created));
+                if v.is_empty() {
+                    g.by_pid.remove(&pid);
+                }
+            }
+        }
+    }
+
+    // ---- asking ----
+
+    /// Every process the table knows now (live and exited), for `status` and tests.
+    pub fn all(&self) -> Vec<Arc<ProcessInfo>> {
+        self.lock().by_pid.values().flatten().cloned().collect()
+    }
+
+    /// Who `pid` was for an event read at `at_ms`.
+    pub fn lookup(&self, pid: u32, at_ms: i64) -> Lookup {
+        self.lookup_between(pid, i64::MIN, at_ms)
+    }
+
+    /// Who `pid` was for an event that happened in `[not_before_ms, at_ms]`. Only incarnations
+    /// alive at some point of that window count; more than one is an honest "cannot tell".
+    pub fn lookup_between(&self, pid: u32, not_before_ms: i64, at_ms: i64) -> Lookup {
+        let now = now_ms();
+        let (cands, later, feed_missing) = {
+            let mut g = self.lock();
+            self.expire(&mut g, now);
+            let all = g.by_pid.get(&pid).cloned().unwrap_or_default();
+            let (cands, later): (Vec<_>, Vec<_>) = all
+                .into_iter()
+                .partition(|i| i.created_time_ms <= at_ms + SAME_START_MS);
+            let cands: Vec<_> = cands
+                .into_iter()
+                .filter(|i| {
+                    i.exited_ms
+                        .is_none_or(|e| e + SAME_START_MS >= not_before_ms)
+                })
+                .collect();
+            (cands, !later.is_empty(), g.feed_missing.clone())
+        };
+        match cands.len() {
+            1 => return Lookup::Known(Arc::clone(&cands[0])),
+            0 => {}
+            n => {
+                return Lookup::Unknown(format!(
+                    "pid {pid} belonged to {n} processes around the event; which one acted cannot be told"
+                ))
+            }
+        }
+        if later {
+            return Lookup::Unknown(format!(
+                "pid {pid} now belongs to a process started after the event; the one that acted was not seen"
+            ));
+        }
+        match read_proc(&self.cfg.proc_root, pid) {
+            Ok(r) => {
+                if self.created_ms(r.start_ticks) > at_ms + SAME_START_MS {
+                    return Lookup::Unknown(format!(
+                        "pid {pid} now belongs to a process started after the event; the one that acted was not seen"
+                    ));
+                }
+                let info = self.info_from_read(r, Seen::Lookup, None);
+                self.lock().read_at_lookup += 1;
+                self.upsert(info);
+                match self.live(pid) {
+                    Some(i) => Lookup::Known(i),
+                    None => Lookup::Unknown(format!("process {pid} vanished while it was read")),
+                }
+            }
+            Err(_) => Lookup::Unknown(match feed_missing {
+                Some(why) => format!(
+                    "process {pid} exited before it could be read (no process-events connector: {why})"
+                ),
+                None => format!(
+                    "process {pid} exited before it could be read and the process-events connector did not report it"
+                ),
+            }),
+        }
+    }
+
+    /// The parent of `info` as it was when `info` started (never a later process with the pid).
+    pub fn parent(&self, info: &ProcessInfo) -> Option<Arc<ProcessInfo>> {
+        if info.ppid == 0 {
+            return None;
+        }
+        let start = info.created_time_ms;
+        let found = {
+            let g = self.lock();
+            g.by_pid.get(&info.ppid).and_then(|v| {
+                v.iter()
+                    .rev()
+                    .find(|p| {
+                        p.created_time_ms <= start + SAME_START_MS
+                            && p.exited_ms.is_none_or(|e| e + SAME_START_MS >= start)
+                    })
+                    .cloned()
+            })
+        };
+        if found.is_some() {
+            return found;
+        }
+        let r = read_proc(&self.cfg.proc_root, info.ppid).ok()?;
+        if self.created_ms(r.start_ticks) > start + SAME_START_MS {
+            return None;
+        }
+        let p = self.info_from_read(r, Seen::Lookup, None);
+        self.upsert(p);
+        self.live(info.ppid)
+    }
+}
+
+/// Reads `/proc/<pid>`. `stat` is read before and after the rest: a different start time means
+/// the pid was reused meanwhile, and the read fails rather than mix two processes.
+pub fn read_proc(proc_root: &Path, pid: u32) -> io::Result<ProcRead> {
+    let dir = proc_root.join(pid.to_string());
+    let stat = std::fs::read(dir.join("stat"))?;
+    let (ppid, comm, start_ticks, tty_nr) = parse_stat(&stat)
+        .ok_or_else(|| io::Error::other(format!("{}/stat: unexpected format", dir.display())))?;
+    // What an instant process loses first when it exits (a zombie has neither) is read first.
+    let exe = std::fs::read_link(dir.join("exe")).ok();
+    let argv = std::fs::read(dir.join("cmdline"))
+        .ok()
+        .and_then(|b| parse_cmdline(&b));
+    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+    let (real_uid, uid) = parse_uids(&status);
+    let again = std::fs::read(dir.join("stat"))?;
+    match parse_stat(&again) {
+        Some((_, _, t, _)) if t == start_ticks => {}
+        _ => {
+            return Err(io::Error::other(format!(
+                "pid {pid} was reused while /proc was read"
+            )))
+        }
+    }
+    Ok(ProcRead {
+        pid,
+        ppid,
+        comm,
+        start_ticks,
+        tty: pts_name(tty_nr),
+        real_uid,
+        uid,
+        argv,
+        exe,
+    })
+}
+
+/// (ppid, comm, starttime, tty_nr) from `/proc/<pid>/stat`. `comm` may hold spaces and `)`, so
+/// the fields are counted from the last `)`.
+pub fn parse_stat(b: &[u8]) -> Option<(u32, String, u64, u32)> {
+    let open = b.iter().position(|c| *c == b'(')?;
+    let close = b.iter().rposition(|c| *c == b')')?;
+    if close < open {
+        return None;
+    }
+    let comm = String::from_utf8_lossy(&b[open + 1..close]).into_owned();
+    let rest = std::str::from_utf8(b.get(close + 1..)?).ok()?;
+    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // f[0] is field 3 (state): field N is f[N - 3].
+    let ppid = f.get(1)?.parse().ok()?;
+    let tty = f.get(4)?.parse::<i64>().ok()?;
+    let start = f.get(19)?.parse().ok()?;
+    Some((ppid, comm, start, u32::try_from(tty).unwrap_or(0)))
+}
+
+/// (real, effective) uid from `/proc/<pid>/status`.
+fn parse_uids(status: &str) -> (Option<u32>, Option<u32>) {
+    let Some(line) = status.lines().find_map(|l| l.strip_prefix("Uid:")) else {
+        return (None, None);
+    };
+    let mut it = line.split_ascii_whitespace().map(|s| s.parse::<u32>().ok());
+    (it.next().flatten(), it.next().flatten())
+}
+
+fn parse_cmdline(b: &[u8]) -> Option<Vec<String>> {
+    if b.is_empty() {
+        return None;
+    }
+    let b = b.strip_suffix(&[0]).unwrap_or(b);
+    Some(
+        b.split(|c| *c == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// `pts/N` for a pseudo-terminal device number (majors 136–143).
+fn pts_name(tty_nr: u32) -> Option<String> {
+    let major = (tty_nr >> 8) & 0xfff;
+    let minor = (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00);
+    (136..=143)
+        .contains(&major)
+        .then(|| format!("pts/{}", (major - 136) * 256 + minor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake `/proc` with the given processes: (pid, ppid, comm, start ticks, argv, uid).
+    fn fake_proc(dir: &Path, procs: &[(u32, u32, &str, u64, &[&str], u32)]) {
+        for (pid, ppid, comm, start, argv, uid) in procs {
+            let d = dir.join(pid.to_string());
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("stat"),
+                format!("{pid} ({comm}) S {ppid} 1 1 34819 1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 100 0"),
+            )
+            .unwrap();
+            std::fs::write(
+                d.join("status"),
+                format!("Name:\t{comm}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
+            )
+            .unwrap();
+            let mut cl = argv.join("\0").into_bytes();
+            cl.push(0);
+            std::fs::write(d.join("cmdline"), cl).unwrap();
+            std::os::unix::fs::symlink(format!("/usr/bin/{comm}"), d.join("exe")).unwrap();
+        }
+    }
+
+    fn table(dir: &Path) -> ProcessTable {
+        let t = ProcessTable::new(
+            TableConfig {
+                proc_root: dir.to_path_buf(),
+                ..Default::default()
+            },
+            Box::new(|u| (u == 1000).then(|| "ec2-user".to_string())),
+        );
+        t.set_feed(Ok(()));
+        t
+    }
+
+    #[test]
+    fn stat_with_a_hostile_comm_parses() {
+        let s = b"42 (a) b (c)) R 7 42 42 34819 42 0 0 0 0 0 0 0 0 0 20 0 1 0 123456 0 0";
+        let (ppid, comm, start, tty) = parse_stat(s).unwrap();
+        assert_eq!((ppid, comm.as_str(), start), (7, "a) b (c)", 123456));
+        assert_eq!(pts_name(tty).as_deref(), Some("pts/3"));
+        assert!(parse_stat(b"garbage").is_none());
+    }
+
+    #[test]
+    fn an_exited_process_is_known_during_its_grace_and_a_reused_pid_is_not_mistaken_for_it() {
+        use nix::time::{clock_gettime, ClockId};
+        // Fake start times a few seconds ago (within the grace period), in /proc's clock ticks.
+        let secs = |id| u64::try_from(clock_gettime(id).unwrap().tv_sec()).unwrap();
+        let now_ticks = secs(ClockId::CLOCK_BOOTTIME) * 100;
+        let mono_ns = secs(ClockId::CLOCK_MONOTONIC) * 1_000_000_000;
+        let (cp_t, evil_t) = (now_ticks - 3000, now_ticks - 1000);
+        let d = tempfile::tempdir().unwrap();
+        fake_proc(
+            d.path(),
+            &[
+                (1, 0, "init", 1, &["/sbin/init"], 0),
+                (500, 1, "bash", 100, &["bash"], 1000),
+            ],
+        );
+        let t = table(d.path());
+        t.scan();
+        // cp (pid 700) forked by bash, exec'd, exited.
+        fake_proc(d.path(), &[(700, 500, "cp", cp_t, &["cp", "a", "b"], 1000)]);
+        t.on_fork(500, 700, mono_ns - 30_000_000_000);
+        t.on_exec(700, mono_ns - 30_000_000_000);
+        let cp_created = t.created_ms(cp_t);
+        std::fs::remove_dir_all(d.path().join("700")).unwrap();
+        t.on_exit(700, mono_ns - 29_990_000_000);
+        let event_at = cp_created + 3;
+        let Lookup::Known(cp) = t.lookup(700, event_at) else {
+            panic!("cp must be known after it exited")
+        };
+        assert_eq!(cp.cmd_line.as_deref(), Some("cp a b"));
+        assert_eq!(cp.exe.as_deref(), Some(Path::new("/usr/bin/cp")));
+        assert_eq!(cp.user.as_deref(), Some("ec2-user"));
+        assert!(cp.exited_ms.is_some());
+        assert_eq!(
+            t.parent(&cp).and_then(|p| p.name.clone()).as_deref(),
+            Some("bash")
+        );
+
+        // The pid is reused by a later process: an event read before it started is still cp's…
+        fake_proc(d.path(), &[(700, 1, "evil", evil_t, &["evil"], 0)]);
+        t.on_fork(1, 700, mono_ns - 10_000_000_000);
+        let Lookup::Known(again) = t.lookup_between(700, cp_created, event_at) else {
+            panic!("before the reuse, pid 700 is cp")
+        };
+        assert_eq!(again.name.as_deref(), Some("cp"));
+        // …one read after both ran, with no lower bound, cannot be told…
+        let later = t.created_ms(evil_t) + 5;
+        assert!(matches!(t.lookup(700, later), Lookup::Unknown(r) if r.contains("2 processes")));
+        // …and one whose window starts after cp exited is the new process.
+        let Lookup::Known(new) = t.lookup_between(700, t.created_ms(now_ticks - 2000), later)
+        else {
+            panic!("after cp exited, pid 700 is the new process")
+        };
+        assert_eq!(new.name.as_deref(), Some("evil"));
+    }
+
+    #[test]
+    fn a_pid_now_used_by_a_newer_process_is_unknown_not_guessed() {
+        let d = tempfile::tempdir().unwrap();
+        fake_proc(d.path(), &[(800, 1, "late", 7000, &["late"], 1000)]);
+        let t = table(d.path());
+        // No connector: the event was read before pid 800's current process started.
+        t.set_feed(Err("ECONNREFUSED".into()));
+        let r = t.lookup(800, t.created_ms(6000));
+        assert!(
+            matches!(&r, Lookup::Unknown(s) if s.contains("started after the event")),
+            "{r:?}"
+        );
+        let r = t.lookup(801, t.created_ms(6000));
+        assert!(
+            matches!(&r, Lookup::Unknown(s) if s.contains("ECONNREFUSED")),
+            "{r:?}"
+        );
+        // Read at lookup when it started before.
+        assert!(
+            matches!(t.lookup(800, t.created_ms(7000) + 1), Lookup::Known(i) if i.seen == Seen::Lookup)
+        );
+    }
+
+    #[test]
+    fn exec_that_could_not_be_read_keeps_who_but_not_what() {
+        let d = tempfile::tempdir().unwrap();
+        fake_proc(d.path(), &[(500, 1, "bash", 100, &["bash", "-i"], 1000)]);
+        let t = table(d.path());
+        t.scan();
+        t.on_fork(500, 900, 3000 * 10 * 1_000_000); // /proc/900 never existed for us
+        t.on_exec(900, 3000 * 10 * 1_000_000);
+        let Lookup::Known(i) = t.lookup(900, now_ms()) else {
+            panic!()
+        };
+        assert_eq!(i.exe, None);
+        assert_eq!(i.cmd_line, None);
+        assert_eq!(i.uid, None);
+        assert_eq!(i.real_uid, Some(1000));
+        assert!(
+            i.note
+                .as_deref()
+                .is_some_and(|n| n.contains("program is unknown")),
+            "{i:?}"
+        );
+    }
+
+    #[test]
+    fn exited_entries_are_bounded_in_count() {
+        let d = tempfile::tempdir().unwrap();
+        let t = ProcessTable::new(
+            TableConfig {
+                proc_root: d.path().to_path_buf(),
+                max_exited: 10,
+                ..Default::default()
+            },
+            Box::new(|_| None),
+        );
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+        let now_ns = u64::try_from(mono.tv_sec()).unwrap() * 1_000_000_000;
+        for pid in 1000..1100u32 {
+            t.on_fork(1, pid, now_ns + u64::from(pid));
+            t.on_exit(pid, now_ns + u64::from(pid) + 1);
+        }
+        let s = t.stats();
+        assert_eq!(s.exited, 10);
+        assert_eq!(s.live, 0);
+    }
+}
