@@ -135,7 +135,13 @@ fn secrets_anywhere(text: &str) -> Vec<String> {
             if !userinfo || s == *u || s.len() < 8 {
                 continue;
             }
-            if count(&s) == 1 && !out.contains(&s) {
+            // As in `secrets`: `url` gives the user-info percent-encoded, and that form may also
+            // be written elsewhere (a key), where it is no secret.
+            let decoded = match percent_decode(&s) {
+                Ok(d) if d != s => count(&d),
+                _ => 0,
+            };
+            if count(&s) + decoded == 1 && !out.contains(&s) {
                 out.push(s);
             }
         }
