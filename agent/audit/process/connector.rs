@@ -163,7 +163,7 @@ impl Connector {
             fd,
             buf: vec![0; 64 << 10],
         };
-        c.control(libc::PROC_CN_MCAST_LISTEN as u32)
+        c.control(libc::PROC_CN_MCAST_LISTEN)
             .map_err(|e| refused("send(PROC_CN_MCAST_LISTEN)", e))?;
         Ok(c)
     }
@@ -227,7 +227,7 @@ impl Connector {
 impl Drop for Connector {
     fn drop(&mut self) {
         // The kernel counts listeners and sends events while any is left.
-        let _ = self.control(libc::PROC_CN_MCAST_IGNORE as u32);
+        let _ = self.control(libc::PROC_CN_MCAST_IGNORE);
     }
 }
 

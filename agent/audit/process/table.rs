@@ -682,8 +682,11 @@ fn pts_name(tty_nr: u32) -> Option<String> {
 mod tests {
     use super::*;
 
-    /// A fake `/proc` with the given processes: (pid, ppid, comm, start ticks, argv, uid).
-    fn fake_proc(dir: &Path, procs: &[(u32, u32, &str, u64, &[&str], u32)]) {
+    /// (pid, ppid, comm, start ticks, argv, uid)
+    type FakeProc<'a> = (u32, u32, &'a str, u64, &'a [&'a str], u32);
+
+    /// A fake `/proc` with the given processes.
+    fn fake_proc(dir: &Path, procs: &[FakeProc<'_>]) {
         for (pid, ppid, comm, start, argv, uid) in procs {
             let d = dir.join(pid.to_string());
             let _ = std::fs::remove_dir_all(&d);
