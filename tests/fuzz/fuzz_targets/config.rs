@@ -18,7 +18,7 @@ use libfuzzer_sys::fuzz_target;
 use notebook_agent::config::schema::forbidden_char;
 use notebook_agent::config::secret::percent_decode;
 use notebook_agent::config::{self, ConfigError, SecretUrl};
-use notebook_agent::harden::render::{git_value, py_str, shell_quote, systemd_env};
+use notebook_agent::harden::render::{git_value, py_str, systemd_env};
 use serde_json::Value;
 
 /// JSON pointers of the fields that hold a `SecretUrl` (arrays: every element).
