@@ -35,6 +35,20 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
     // One channel for every producer of agent events (the drift monitor, the shipper): the
     // daemon writes them to the spool in the order they arrive.
     let (events_tx, events_rx) = std::sync::mpsc::channel();
+    // Before the drift monitor: the token in the files is this process's current token before
+    // drift repair plans with it.
+    let refresher = match crate::harden::codeartifact::Refresher::start(
+        g.root.clone(),
+        g.config.clone(),
+        Arc::clone(&stop),
+        events_tx.clone(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "The CodeArtifact token is not refreshed.");
+            None
+        }
+    };
     let drift = match DriftMonitor::start(
         g.root.clone(),
         g.config.clone(),
@@ -62,6 +76,9 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(d) = drift {
         d.join();
+    }
+    if let Some(r) = refresher {
+        r.join();
     }
     // Whatever happened to the pipeline, let the shipper drain what the spool holds.
     if let Some(s) = shipping {

@@ -143,9 +143,32 @@ pub struct Redactor {
     secrets: Vec<String>,
 }
 
+/// Secrets the agent learns at run time rather than from the config (a CodeArtifact token):
+/// every [`Redactor`] made afterwards in this process scrubs them too.
+static RUNTIME_SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Shortest runtime secret accepted: anything shorter would mangle unrelated text.
+const MIN_RUNTIME_SECRET: usize = 8;
+
+/// Registers a secret obtained at run time so that every redactor made from now on scrubs it
+/// (raw and percent-encoded forms are both registered by the caller when they differ).
+pub fn register_runtime_secret(secret: &str) {
+    if secret.len() < MIN_RUNTIME_SECRET {
+        return;
+    }
+    if let Ok(mut v) = RUNTIME_SECRETS.lock() {
+        if !v.iter().any(|s| s == secret) {
+            v.push(secret.to_string());
+        }
+    }
+}
+
 impl Redactor {
     pub fn new<'a>(urls: impl IntoIterator<Item = &'a SecretUrl>) -> Self {
         let mut secrets: Vec<String> = urls.into_iter().flat_map(SecretUrl::secrets).collect();
+        if let Ok(v) = RUNTIME_SECRETS.lock() {
+            secrets.extend(v.iter().cloned());
+        }
         // Longest first so a secret containing another is replaced whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
@@ -213,6 +236,14 @@ mod tests {
             u.expose(),
             "http://alice:s3cr%40t@proxy.corp:3128/?token=abc&x=1"
         );
+    }
+
+    #[test]
+    fn runtime_secrets_are_scrubbed_by_later_redactors() {
+        register_runtime_secret("eyJ2ZXIiOjEsInRlc3QiOiJydW50aW1lIn0");
+        register_runtime_secret("short");
+        let out = Redactor::new([]).scrub("pw eyJ2ZXIiOjEsInRlc3QiOiJydW50aW1lIn0 short");
+        assert_eq!(out, "pw REDACTED short");
     }
 
     #[test]
