@@ -245,11 +245,13 @@ pub struct Current {
 /// in `apply` (one GetAuthorizationToken per run), or the token in the files while `watch`'s
 /// refresher owns fetching.
 pub fn for_plan(ctx: &Context<'_>, ca: &CodeArtifactConfig) -> Result<SecretUrl, String> {
+    // The token in the files is registered with the redaction too: a dry run's diff shows it.
+    let in_files = from_files(ctx);
     if let Some(t) = current() {
         return Ok(t.index_url);
     }
     if REFRESHER_RUNS.load(Ordering::SeqCst) {
-        return from_files(ctx).ok_or_else(|| {
+        return in_files.ok_or_else(|| {
             "no CodeArtifact token yet: the refresher is still trying to obtain one".to_string()
         });
     }
@@ -525,16 +527,17 @@ where
                 format!("pip.codeartifact: {op} on {what} failed: {code}: {message}")
             }
         }
-        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => format!(
+        _ if detail.contains("credentials") => format!(
+            "pip.codeartifact: {op}: no AWS credentials for the notebook's execution role ({detail})"
+        ),
+        // Refused, reset, closed unanswered, no DNS name: the endpoint is not there for us.
+        SdkError::DispatchFailure(d) if !d.is_user() => format!(
             "pip.codeartifact: {op}: the CodeArtifact API at {api} is unreachable ({detail}): without internet access the notebook's VPC needs the endpoints {}",
             vpc_endpoints(region)
         ),
         SdkError::TimeoutError(_) => format!(
             "pip.codeartifact: {op}: the CodeArtifact API at {api} did not answer in time: without internet access the notebook's VPC needs the endpoints {}",
             vpc_endpoints(region)
-        ),
-        _ if detail.contains("credentials") => format!(
-            "pip.codeartifact: {op}: no AWS credentials for the notebook's execution role ({detail})"
         ),
         _ => format!("pip.codeartifact: {op} on {what} failed: {detail}"),
     }
