@@ -109,7 +109,12 @@ fn apply_writes_the_repository_url_with_a_token_everywhere_pip_reads() {
     let out = agent(&["apply", "--root", r(&t)]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let tokens = fake.tokens();
-    assert_eq!(tokens.len(), 1, "one token per apply: {:?}", fake.requests());
+    assert_eq!(
+        tokens.len(),
+        1,
+        "one token per apply: {:?}",
+        fake.requests()
+    );
     let want = format!(
         "http://aws:{}@{}/pypi/pypi-mirror/simple/",
         tokens[0],
@@ -145,7 +150,10 @@ fn apply_writes_the_repository_url_with_a_token_everywhere_pip_reads() {
     let (pip, code, text) = pip_status(&t);
     assert_eq!(pip["status"], "PASS", "{text}");
     let evidence = pip["evidence"].as_str().expect("evidence");
-    assert!(evidence.contains("CodeArtifact token expires at"), "{evidence}");
+    assert!(
+        evidence.contains("CodeArtifact token expires at"),
+        "{evidence}"
+    );
     assert!(evidence.contains("REDACTED"), "{evidence}");
     let human = agent(&["status", "--root", r(&t)]);
 
@@ -158,7 +166,10 @@ fn apply_writes_the_repository_url_with_a_token_everywhere_pip_reads() {
     assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
     assert!(stdout(&dry).contains("REDACTED"), "{}", stdout(&dry));
     let (pip, _, _) = pip_status(&t);
-    assert_eq!(pip["status"], "PASS", "a dry run's token never reaches the files: {pip}");
+    assert_eq!(
+        pip["status"], "PASS",
+        "a dry run's token never reaches the files: {pip}"
+    );
 
     for (what, o) in [
         ("apply", &out),
@@ -169,7 +180,11 @@ fn apply_writes_the_repository_url_with_a_token_everywhere_pip_reads() {
         assert_no_token(&fake, what, &format!("{}{}", stdout(o), stderr(o)));
     }
     assert_no_token(&fake, "status --json", &text);
-    assert_no_token(&fake, "the state and every other file", &everything_but_pip_conf(&t));
+    assert_no_token(
+        &fake,
+        "the state and every other file",
+        &everything_but_pip_conf(&t),
+    );
     let _ = code;
 }
 
@@ -192,7 +207,10 @@ fn access_denied_fails_apply_closed_naming_the_iam_actions() {
         "codeartifact:ReadFromRepository",
         "sts:GetServiceBearerToken",
     ] {
-        assert!(line.contains(action), "{action} not named in one line: {line}");
+        assert!(
+            line.contains(action),
+            "{action} not named in one line: {line}"
+        );
     }
     assert_eq!(before, t.snapshot(), "a failed apply changed the host");
 }
@@ -358,8 +376,13 @@ fn watch_refreshes_the_token_before_it_expires_and_status_follows_an_outage() {
     let w = Watch::start(&t);
 
     // Refreshed before the first token expired, every pip.conf rewritten.
-    wait(20, "pip.conf carries a new token", || token_in_files(&t) != first);
-    assert!(fake.valid(&first), "the refresh came only after the first token expired");
+    wait(20, "pip.conf carries a new token", || {
+        token_in_files(&t) != first
+    });
+    assert!(
+        fake.valid(&first),
+        "the refresh came only after the first token expired"
+    );
     let second = token_in_files(&t);
     wait(5, "every pip.conf rewritten", || {
         PIP_CONFS.iter().all(|f| t.read(f).contains(&second))
@@ -368,12 +391,21 @@ fn watch_refreshes_the_token_before_it_expires_and_status_follows_an_outage() {
 
     // Past the first token's life: pip's URL still works and status passes.
     std::thread::sleep(Duration::from_secs(4));
-    assert!(!fake.valid(&first), "the first token should have expired by now");
-    assert!(fake.valid(&token_in_files(&t)), "the token in pip.conf is not valid");
+    assert!(
+        !fake.valid(&first),
+        "the first token should have expired by now"
+    );
+    assert!(
+        fake.valid(&token_in_files(&t)),
+        "the token in pip.conf is not valid"
+    );
     let (pip, _, text) = pip_status(&t);
     assert_eq!(pip["status"], "PASS", "{text}");
     assert!(
-        pip["evidence"].as_str().unwrap_or_default().contains("expires at"),
+        pip["evidence"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expires at"),
         "{pip}"
     );
     assert_no_token(&fake, "status", &text);
@@ -382,7 +414,9 @@ fn watch_refreshes_the_token_before_it_expires_and_status_follows_an_outage() {
     // token in the files is about to expire after a failed refresh, or has expired.
     let outage = now_ms();
     fake.set_mode(Mode::Unreachable);
-    wait(20, "a failed refresh recorded", || last_refresh_ok(&t) == Some(false));
+    wait(20, "a failed refresh recorded", || {
+        last_refresh_ok(&t) == Some(false)
+    });
     wait(20, "status FAIL for the pip row", || {
         pip_status(&t).0["status"] == "FAIL"
     });
@@ -408,9 +442,8 @@ fn watch_refreshes_the_token_before_it_expires_and_status_follows_an_outage() {
         .into_iter()
         .map(|(_, r)| r)
         .collect();
-    let detail = |d: &str| -> Vec<&Value> {
-        records.iter().filter(|r| r["status_detail"] == d).collect()
-    };
+    let detail =
+        |d: &str| -> Vec<&Value> { records.iter().filter(|r| r["status_detail"] == d).collect() };
     let refreshed = detail("token_refreshed");
     assert!(refreshed.len() >= 2, "{refreshed:?}");
     assert_eq!(refreshed[0]["unmapped"]["repository"], "corp/pypi-mirror");
@@ -434,5 +467,9 @@ fn watch_refreshes_the_token_before_it_expires_and_status_follows_an_outage() {
     assert_no_token(&fake, "watch's output", &text);
     let spooled: String = records.iter().map(|r| format!("{r}\n")).collect();
     assert_no_token(&fake, "the spooled events", &spooled);
-    assert_no_token(&fake, "the state and every other file", &everything_but_pip_conf(&t));
+    assert_no_token(
+        &fake,
+        "the state and every other file",
+        &everything_but_pip_conf(&t),
+    );
 }

@@ -155,8 +155,10 @@ mod tests {
 
     #[test]
     fn a_complete_repository_is_valid_and_defaults_to_twelve_hours() {
-        let p = pip(r#"{"codeartifact": {"domain": "corp", "domain_owner": "111122223333",
-            "repository": "pypi-mirror"}}"#);
+        let p = pip(
+            r#"{"codeartifact": {"domain": "corp", "domain_owner": "111122223333",
+            "repository": "pypi-mirror"}}"#,
+        );
         assert!(problems(&p).is_empty(), "{:?}", problems(&p));
         assert_eq!(p.codeartifact.map(|c| c.duration_secs), Some(43_200));
     }
@@ -164,16 +166,20 @@ mod tests {
     #[test]
     fn exactly_one_index() {
         assert_eq!(paths(&pip("{}")), ["pip"]);
-        let both = pip(r#"{"index_url": "https://m.corp/simple", "codeartifact": {"domain": "corp",
-            "domain_owner": "111122223333", "repository": "r1"}}"#);
+        let both = pip(
+            r#"{"index_url": "https://m.corp/simple", "codeartifact": {"domain": "corp",
+            "domain_owner": "111122223333", "repository": "r1"}}"#,
+        );
         assert_eq!(paths(&both), ["pip.codeartifact"]);
     }
 
     #[test]
     fn every_field_problem_is_listed() {
-        let p = pip(r#"{"codeartifact": {"domain": "Corp_", "domain_owner": "1111",
+        let p = pip(
+            r#"{"codeartifact": {"domain": "Corp_", "domain_owner": "1111",
             "repository": "-r", "region": "mars", "endpoint_url": "ftp://x",
-            "duration_secs": 60}}"#);
+            "duration_secs": 60}}"#,
+        );
         assert_eq!(
             paths(&p),
             [

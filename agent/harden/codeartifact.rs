@@ -276,12 +276,8 @@ pub fn for_check(ctx: &Context<'_>, ca: &CodeArtifactConfig) -> Result<Current, 
                 expires_ms: Some(t.expires_ms),
             })
         }
-        None => from_files(ctx).ok_or_else(|| {
-            format!(
-                "no index-url in {}: run apply",
-                super::pip::GLOBAL_PIP_CONF
-            )
-        })?,
+        None => from_files(ctx)
+            .ok_or_else(|| format!("no index-url in {}: run apply", super::pip::GLOBAL_PIP_CONF))?,
     };
     let expires_ms = TokenState::load(ctx.root)
         .record(&key, &url)
@@ -305,7 +301,10 @@ pub fn judge(root: &Root, expires_ms: Option<i64>, now_ms: i64) -> (bool, String
     if left <= 0 {
         return (
             false,
-            format!("CodeArtifact token expired at {when} ({} ago)", human(-left)),
+            format!(
+                "CodeArtifact token expired at {when} ({} ago)",
+                human(-left)
+            ),
         );
     }
     let last = TokenState::load(root).last_refresh;
@@ -440,7 +439,9 @@ async fn fetch_async(
 /// `https://aws:<token>@<endpoint>simple/`, as `aws codeartifact login --tool pip` writes it.
 pub fn index_url(endpoint: &str, token: &str) -> Result<SecretUrl, String> {
     let mut url = url::Url::parse(endpoint).map_err(|e| {
-        format!("pip.codeartifact: GetRepositoryEndpoint returned an endpoint that is not a URL: {e}")
+        format!(
+            "pip.codeartifact: GetRepositoryEndpoint returned an endpoint that is not a URL: {e}"
+        )
     })?;
     if !url.path().ends_with('/') {
         let p = format!("{}/", url.path());
@@ -711,7 +712,10 @@ fn rewrite(root: &Root, config: &ValidConfig) -> Result<Vec<PathBuf>, String> {
     let mut progress = crate::control::apply::Progress::default();
     let changes = crate::control::apply::execute(&ctx, &pip, &plan, &backups, &mut progress)
         .map_err(|e| format!("rewriting pip.conf: {e}"))?;
-    Ok(changes.into_iter().map(|c| PathBuf::from(c.target)).collect())
+    Ok(changes
+        .into_iter()
+        .map(|c| PathBuf::from(c.target))
+        .collect())
 }
 
 #[cfg(test)]
@@ -731,7 +735,10 @@ mod tests {
         );
         assert!(!u.to_string().contains("eyJ2"), "{u}");
         let no_slash = index_url("http://127.0.0.1:9/pypi/r", "tok12345678").expect("url");
-        assert_eq!(no_slash.expose(), "http://aws:tok12345678@127.0.0.1:9/pypi/r/simple/");
+        assert_eq!(
+            no_slash.expose(),
+            "http://aws:tok12345678@127.0.0.1:9/pypi/r/simple/"
+        );
     }
 
     #[test]
@@ -753,7 +760,10 @@ mod tests {
             },
         );
         let (ok, ev) = judge(&root, Some(now + 600_000), now);
-        assert!(!ok && ev.contains("last refresh failed: unreachable"), "{ev}");
+        assert!(
+            !ok && ev.contains("last refresh failed: unreachable"),
+            "{ev}"
+        );
         assert!(judge(&root, Some(now + 3_600_000), now).0);
     }
 

@@ -149,7 +149,12 @@ impl Control for Pip {
             Err(e) => return self.finding(Status::Fail, e),
         };
         match self.plan_with(ctx, pip, &current.index_url) {
-            Ok(plan) => self.judge(ctx, &plan, Some(&current.index_url), Some(current.expires_ms)),
+            Ok(plan) => self.judge(
+                ctx,
+                &plan,
+                Some(&current.index_url),
+                Some(current.expires_ms),
+            ),
             Err(e) => self.finding(Status::Unknown, e),
         }
     }
@@ -221,11 +226,8 @@ impl Pip {
         let mut evidence = format!("index-url {shown} in {files} pip.conf files");
         let mut status = Status::Pass;
         if let Some(expires) = expires {
-            let (ok, token) = super::codeartifact::judge(
-                ctx.root,
-                expires,
-                crate::audit::change::now_ms(),
-            );
+            let (ok, token) =
+                super::codeartifact::judge(ctx.root, expires, crate::audit::change::now_ms());
             evidence.push_str("; ");
             evidence.push_str(&token);
             if !ok {
