@@ -8,6 +8,7 @@ use crate::audit::daemon::{self, Options};
 use crate::audit::drift::{DriftMonitor, DriftOptions};
 use crate::audit::shipping::Shipping;
 use crate::exit::Exit;
+use crate::harden::codeartifact::Refresher;
 
 use super::{Cli, Failure, Globals};
 
@@ -26,8 +27,16 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
     daemon::install_signal_thread(Arc::clone(&stop)).map_err(Failure::Runtime)?;
     if !g.config.audit.enabled {
         tracing::warn!("audit.enabled is false: nothing is watched.");
+        // pip's CodeArtifact token is kept fresh all the same; with no spool its events are
+        // dropped (the journal has them).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let refresher = Refresher::spawn(&g.root, &g.config, &stop, tx);
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(200));
+            while rx.try_recv().is_ok() {}
+        }
+        if let Some(r) = refresher {
+            r.join();
         }
         return Ok(Exit::Ok);
     }
@@ -37,18 +46,7 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
     let (events_tx, events_rx) = std::sync::mpsc::channel();
     // Before the drift monitor: the token in the files is this process's current token before
     // drift repair plans with it.
-    let refresher = match crate::harden::codeartifact::Refresher::start(
-        g.root.clone(),
-        g.config.clone(),
-        Arc::clone(&stop),
-        events_tx.clone(),
-    ) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "The CodeArtifact token is not refreshed.");
-            None
-        }
-    };
+    let refresher = Refresher::spawn(&g.root, &g.config, &stop, events_tx.clone());
     let drift = match DriftMonitor::start(
         g.root.clone(),
         g.config.clone(),

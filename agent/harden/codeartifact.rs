@@ -299,13 +299,8 @@ pub fn judge(root: &Root, expires_ms: Option<i64>, now_ms: i64) -> (bool, String
     let when = format_ms(exp);
     let left = exp - now_ms;
     if left <= 0 {
-        return (
-            false,
-            format!(
-                "CodeArtifact token expired at {when} ({} ago)",
-                human(-left)
-            ),
-        );
+        // No relative time in a failure: the daemon reports a drift once per distinct evidence.
+        return (false, format!("CodeArtifact token expired at {when}"));
     }
     let last = TokenState::load(root).last_refresh;
     if let Some(RefreshOutcome {
@@ -316,8 +311,7 @@ pub fn judge(root: &Root, expires_ms: Option<i64>, now_ms: i64) -> (bool, String
             return (
                 false,
                 format!(
-                    "CodeArtifact token expires at {when} (in {}) and the last refresh failed: {}",
-                    human(left),
+                    "CodeArtifact token expires at {when} and the last refresh failed: {}",
                     error.as_deref().unwrap_or("unknown error")
                 ),
             );
@@ -576,6 +570,19 @@ impl Refresher {
             .spawn(move || refresh_loop(&root, &config, &ca, &stop, &events, adopted))
             .map_err(|e| format!("codeartifact refresher thread: {e}"))?;
         Ok(Some(Self { thread }))
+    }
+
+    /// [`start`](Self::start), logging why it could not (watch goes on without it).
+    pub fn spawn(
+        root: &Root,
+        config: &ValidConfig,
+        stop: &Arc<AtomicBool>,
+        events: Sender<AgentEvent>,
+    ) -> Option<Self> {
+        Self::start(root.clone(), config.clone(), Arc::clone(stop), events).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "The CodeArtifact token is not refreshed.");
+            None
+        })
     }
 
     pub fn join(self) {
