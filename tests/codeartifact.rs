@@ -473,3 +473,62 @@ fn watch_refreshes_the_token_before_it_expires_and_status_follows_an_outage() {
         &everything_but_pip_conf(&t),
     );
 }
+
+#[test]
+fn render_lifecycle_config_writes_a_valid_codeartifact_section_and_names_the_permissions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("lc");
+    let conf = dir.path().join("config.json");
+    std::fs::write(
+        &conf,
+        r#"{"pip": {"index_url": "https://old.mirror/simple", "timeout_secs": 30}}"#,
+    )
+    .expect("write config");
+    let sha = "0".repeat(64);
+    let render = |spec: &str| {
+        Command::new(common::repo().join("packaging/render-lifecycle-config"))
+            .args([
+                "--artifact-url",
+                "https://releases.example/notebook-agent.tar.gz",
+            ])
+            .args(["--sha256", &sha, "--codeartifact", spec, "--config"])
+            .arg(&conf)
+            .arg("--out")
+            .arg(&out_dir)
+            .output()
+            .expect("run render-lifecycle-config")
+    };
+    let out = render("111122223333/corp/pypi-mirror");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for needed in [
+        "codeartifact:GetAuthorizationToken",
+        "codeartifact:ReadFromRepository",
+        "sts:GetServiceBearerToken",
+        "codeartifact.repositories",
+        "CodeArtifactDomain=corp",
+    ] {
+        assert!(text.contains(needed), "{needed}: {text}");
+    }
+    let script = std::fs::read_to_string(out_dir.join("on-start.sh")).expect("on-start.sh");
+    let json = script
+        .split_once("<<'NOTEBOOK_AGENT_CONFIG_JSON'\n")
+        .and_then(|(_, rest)| rest.split_once("\nNOTEBOOK_AGENT_CONFIG_JSON"))
+        .map(|(json, _)| json)
+        .expect("the config heredoc in on-start.sh");
+    let config = notebook_agent::config::parse(json, std::path::Path::new("on-start.sh"))
+        .unwrap_or_else(|e| panic!("the rendered config is not valid: {e}\n{json}"));
+    let pip = config.pip.as_ref().expect("pip");
+    assert!(pip.index_url.is_none(), "index_url replaced");
+    assert_eq!(pip.timeout_secs, Some(30), "the rest of pip kept");
+    let ca = pip.codeartifact.as_ref().expect("codeartifact");
+    assert_eq!(
+        (
+            ca.domain.as_str(),
+            ca.domain_owner.as_str(),
+            ca.repository.as_str()
+        ),
+        ("corp", "111122223333", "pypi-mirror")
+    );
+    assert_eq!(render("corp/pypi-mirror").status.code(), Some(2));
+}
