@@ -585,8 +585,19 @@ impl Refresher {
         })
     }
 
+    /// Waits for the thread briefly: a refresh in flight (up to a minute of timeouts) must not
+    /// hold up the daemon's stop; every file it writes is renamed into place, so leaving it is
+    /// safe.
     pub fn join(self) {
-        let _ = self.thread.join();
+        let until = Instant::now() + Duration::from_secs(2);
+        while !self.thread.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.thread.is_finished() {
+            let _ = self.thread.join();
+        } else {
+            tracing::debug!("CodeArtifact refresh still in flight at stop; not waiting for it.");
+        }
     }
 }
 
@@ -624,7 +635,6 @@ fn refresh_loop(
         None => Instant::now(),
     };
     let mut failures: u32 = 0;
-    let redactor = config.redactor();
     let repository = format!("{}/{}", ca.domain, ca.repository);
     while !stop.load(Ordering::SeqCst) {
         if Instant::now() < next {
@@ -652,8 +662,8 @@ fn refresh_loop(
                 });
             }
             Err(e) => {
-                // A fresh redactor: the error may quote a token registered since the last one.
-                let e = config.redactor().scrub(&redactor.scrub(&e));
+                // A fresh redactor: it knows every token registered so far.
+                let e = config.redactor().scrub(&e);
                 failures += 1;
                 let wait = FIRST_BACKOFF
                     .saturating_mul(1 << (failures - 1).min(6))
