@@ -202,6 +202,24 @@ pub enum AgentEvent {
         title: String,
         error: String,
     },
+    /// `watch` obtained a new CodeArtifact token (`pip.codeartifact`) and rewrote every pip.conf
+    /// with it. `repository`: `domain/repository`; expiry times in ms since the epoch; never the
+    /// token.
+    TokenRefreshed {
+        repository: String,
+        expires_ms: i64,
+        previous_expires_ms: Option<i64>,
+    },
+    /// A CodeArtifact token refresh failed and is retried in `retry_secs`; the token in the files
+    /// (expiring at `expires_ms`, when known) stays in use. `error` names the missing IAM actions
+    /// or VPC endpoints when that is the cause.
+    TokenRefreshFailed {
+        repository: String,
+        error: String,
+        attempt: u32,
+        expires_ms: Option<i64>,
+        retry_secs: u64,
+    },
     /// Periodic status of the `watch` daemon (and one at every change of compliance);
     /// `drifted` lists non-compliant control ids. `status` is the `status --json` object
     /// (docs/STATUS.md), secrets redacted; `null` when it could not be made. The daemon fills

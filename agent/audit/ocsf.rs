@@ -5,7 +5,7 @@
 //! |---|---|
 //! | [`FsChange`] | File System Activity (1001) |
 //! | `Started`, `Stopped` | Application Lifecycle (6002), activity Start / Stop |
-//! | `Rescan`, `WatchLimit`, `SpoolDrop`, `SpoolTamper` | Event Log Activity (1008), activity Other |
+//! | `Rescan`, `WatchLimit`, `SpoolDrop`, `SpoolTamper`, `TokenRefreshed`, `TokenRefreshFailed` | Event Log Activity (1008), activity Other |
 //! | `ApplyResult`, `DriftFound`, `DriftRepaired`, `Heartbeat` | Compliance Finding (2003) |
 //!
 //! **Paths.** The notebook user names the files, so a path may hold newlines, quotes, control
@@ -656,6 +656,48 @@ pub fn agent_event_with_uid(
                 json!({
                     "what": what,
                     "file": hex_unmapped(hex),
+                }),
+            );
+            Value::Object(r)
+        }
+        AgentEvent::TokenRefreshed {
+            repository,
+            expires_ms,
+            previous_expires_ms,
+        } => {
+            let msg = format!("CodeArtifact token for {repository} refreshed; pip.conf rewritten");
+            let mut r = event_log(ctx, "Token Refresh", 1, time_ms, msg, seq, uid, 1, actor);
+            r.insert("status_detail".into(), json!("token_refreshed"));
+            r.insert(
+                "unmapped".into(),
+                json!({
+                    "repository": repository,
+                    "expires_ms": expires_ms,
+                    "previous_expires_ms": previous_expires_ms,
+                }),
+            );
+            Value::Object(r)
+        }
+        AgentEvent::TokenRefreshFailed {
+            repository,
+            error,
+            attempt,
+            expires_ms,
+            retry_secs,
+        } => {
+            let msg = format!(
+                "CodeArtifact token for {repository} not refreshed (attempt {attempt}, retry in {retry_secs} s): {error}"
+            );
+            let mut r = event_log(ctx, "Token Refresh", 3, time_ms, msg, seq, uid, 2, actor);
+            r.insert("status_detail".into(), json!("token_refresh_failed"));
+            r.insert(
+                "unmapped".into(),
+                json!({
+                    "repository": repository,
+                    "error": error,
+                    "attempt": attempt,
+                    "expires_ms": expires_ms,
+                    "retry_secs": retry_secs,
                 }),
             );
             Value::Object(r)

@@ -8,6 +8,7 @@ use crate::audit::daemon::{self, Options};
 use crate::audit::drift::{DriftMonitor, DriftOptions};
 use crate::audit::shipping::Shipping;
 use crate::exit::Exit;
+use crate::harden::codeartifact::Refresher;
 
 use super::{Cli, Failure, Globals};
 
@@ -26,8 +27,16 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
     daemon::install_signal_thread(Arc::clone(&stop)).map_err(Failure::Runtime)?;
     if !g.config.audit.enabled {
         tracing::warn!("audit.enabled is false: nothing is watched.");
+        // pip's CodeArtifact token is kept fresh all the same; with no spool its events are
+        // dropped (the journal has them).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let refresher = Refresher::spawn(&g.root, &g.config, &stop, tx);
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(200));
+            while rx.try_recv().is_ok() {}
+        }
+        if let Some(r) = refresher {
+            r.join();
         }
         return Ok(Exit::Ok);
     }
@@ -35,6 +44,9 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
     // One channel for every producer of agent events (the drift monitor, the shipper): the
     // daemon writes them to the spool in the order they arrive.
     let (events_tx, events_rx) = std::sync::mpsc::channel();
+    // Before the drift monitor: the token in the files is this process's current token before
+    // drift repair plans with it.
+    let refresher = Refresher::spawn(&g.root, &g.config, &stop, events_tx.clone());
     let drift = match DriftMonitor::start(
         g.root.clone(),
         g.config.clone(),
@@ -62,6 +74,9 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(d) = drift {
         d.join();
+    }
+    if let Some(r) = refresher {
+        r.join();
     }
     // Whatever happened to the pipeline, let the shipper drain what the spool holds.
     if let Some(s) = shipping {

@@ -5,6 +5,7 @@
 //! root rights and the audit of the SageMaker directory, which are on unless disabled: `{}` is a
 //! secure configuration on a standard notebook.
 
+pub mod codeartifact;
 pub mod schema;
 pub mod secret;
 pub mod validate;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use codeartifact::CodeArtifactConfig;
 pub use secret::{Redactor, SecretUrl};
 pub use validate::Problem;
 
@@ -109,8 +111,14 @@ fn default_true() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct PipConfig {
     /// The mirror's simple index, e.g. `https://pypi.corp.example/simple`. May carry a token;
-    /// it is written to pip.conf but never printed.
-    pub index_url: SecretUrl,
+    /// it is written to pip.conf but never printed. Exactly one of this and `codeartifact`.
+    #[serde(default)]
+    pub index_url: Option<SecretUrl>,
+    /// AWS CodeArtifact as the mirror: the agent writes the repository's index URL with a token
+    /// it obtains with the notebook's role and refreshes in `watch`. Exactly one of this and
+    /// `index_url`.
+    #[serde(default)]
+    pub codeartifact: Option<CodeArtifactConfig>,
     /// Further indexes pip also searches.
     #[serde(default)]
     pub extra_index_urls: Vec<SecretUrl>,
@@ -377,8 +385,9 @@ impl Config {
     pub fn urls(&self) -> Vec<&SecretUrl> {
         let mut out = Vec::new();
         if let Some(pip) = &self.pip {
-            out.push(&pip.index_url);
+            out.extend(pip.index_url.iter());
             out.extend(pip.extra_index_urls.iter());
+            out.extend(pip.codeartifact.iter().flat_map(|c| c.endpoint_url.iter()));
         }
         if let Some(proxy) = &self.proxy {
             out.extend(proxy.http.iter());

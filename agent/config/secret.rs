@@ -440,6 +440,14 @@ mod tests {
     }
 
     #[test]
+    fn runtime_secrets_are_scrubbed_by_later_redactors() {
+        register("eyJ2ZXIiOjEsInRlc3QiOiJydW50aW1lIn0");
+        register("abc");
+        let out = Redactor::new([]).scrub("pw eyJ2ZXIiOjEsInRlc3QiOiJydW50aW1lIn0 abc");
+        assert_eq!(out, "pw REDACTED abc");
+    }
+
+    #[test]
     fn unparsable_url_is_not_echoed() {
         let u = SecretUrl::new("not a url with hunter2");
         assert!(!u.to_string().contains("hunter2"));

@@ -122,7 +122,10 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     }
 
     if let Some(pip) = &c.pip {
-        p.check("pip.index_url", web_url(&pip.index_url));
+        if let Some(u) = &pip.index_url {
+            p.check("pip.index_url", web_url(u));
+        }
+        p.0.extend(super::codeartifact::problems(pip));
         for (i, u) in pip.extra_index_urls.iter().enumerate() {
             p.check(format!("pip.extra_index_urls[{i}]"), web_url(u));
         }

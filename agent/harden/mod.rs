@@ -1,5 +1,6 @@
 //! The hardening controls, one file each. [`all`] is the order `apply` runs them in.
 
+pub mod codeartifact;
 pub mod environment;
 pub mod envs;
 pub mod pip;

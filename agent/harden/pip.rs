@@ -4,13 +4,17 @@
 //! are locked (`#!final`) in `/etc/conda/condarc.d/`. The files are root-owned so the user cannot
 //! edit them; the directories around them stay the user's (their tools write there), and drift
 //! repair puts back a file the user deletes.
+//!
+//! The index URL is `pip.index_url`, or with `pip.codeartifact` the repository's URL with the
+//! token the agent obtains and refreshes (`codeartifact.rs`): the plan is always the current
+//! token, and the check says when the token in the files expires.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::envs;
 use super::render::{py_str, root_file};
-use crate::config::{Config, PipConfig};
+use crate::config::{Config, PipConfig, SecretUrl};
 use crate::control::{Action, Context, Control, Finding, Plan, Status};
 use crate::host::Owner;
 
@@ -27,10 +31,10 @@ fn pip_proxy(config: &Config) -> Option<&str> {
 }
 
 /// The pip.conf every location gets, deterministic for a given config.
-pub fn render(pip: &PipConfig, proxy: Option<&str>) -> String {
+pub fn render(pip: &PipConfig, index_url: &SecretUrl, proxy: Option<&str>) -> String {
     let mut s = super::managed_banner("#");
     s.push_str("[global]\n");
-    let _ = writeln!(s, "index-url = {}", pip.index_url.expose());
+    let _ = writeln!(s, "index-url = {}", index_url.expose());
     let list = |s: &mut String, key: &str, items: &[&str]| {
         if let Some((first, rest)) = items.split_first() {
             let _ = writeln!(s, "{key} = {first}");
@@ -119,7 +123,52 @@ impl Control for Pip {
         let Some(pip) = &ctx.config.pip else {
             return Ok(Plan::Unmanaged);
         };
-        let conf = render(pip, pip_proxy(ctx.config));
+        let index_url = match (&pip.codeartifact, &pip.index_url) {
+            (Some(ca), _) => super::codeartifact::for_plan(ctx, ca)?,
+            (None, Some(u)) => u.clone(),
+            (None, None) => return Err("neither pip.index_url nor pip.codeartifact is set".into()),
+        };
+        self.plan_with(ctx, pip, &index_url)
+    }
+
+    fn check(&self, ctx: &Context<'_>) -> Finding {
+        let Some(pip) = &ctx.config.pip else {
+            return self.finding(Status::NotConfigured, "no pip section in the config");
+        };
+        let Some(ca) = &pip.codeartifact else {
+            return match self.plan(ctx) {
+                Ok(plan) => self.judge(ctx, &plan, pip.index_url.as_ref(), None),
+                Err(e) => self.finding(Status::Unknown, e),
+            };
+        };
+        // The refresher replaces the token and rewrites the files under this lock: plan and
+        // files are compared either before or after a refresh, never in between.
+        let _guard = super::codeartifact::WRITE_LOCK.lock();
+        let current = match super::codeartifact::for_check(ctx, ca) {
+            Ok(c) => c,
+            Err(e) => return self.finding(Status::Fail, e),
+        };
+        match self.plan_with(ctx, pip, &current.index_url) {
+            Ok(plan) => self.judge(
+                ctx,
+                &plan,
+                Some(&current.index_url),
+                Some(current.expires_ms),
+            ),
+            Err(e) => self.finding(Status::Unknown, e),
+        }
+    }
+}
+
+impl Pip {
+    /// The plan for a given index URL (the configured one, or the current CodeArtifact token's).
+    fn plan_with(
+        &self,
+        ctx: &Context<'_>,
+        pip: &PipConfig,
+        index_url: &SecretUrl,
+    ) -> Result<Plan, String> {
+        let conf = render(pip, index_url, pip_proxy(ctx.config));
         let home = ctx.home();
         let owner = user_owner(ctx);
         let mut actions = Vec::new();
@@ -155,30 +204,36 @@ impl Control for Pip {
         Ok(Plan::Actions(actions))
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Finding {
-        let plan = match self.plan(ctx) {
-            Ok(Plan::Unmanaged) => {
-                return self.finding(Status::NotConfigured, "no pip section in the config")
-            }
-            Ok(p) => p,
-            Err(e) => return self.finding(Status::Unknown, e),
-        };
+    /// PASS when every planned file matches; with CodeArtifact (`expires`), also the token's
+    /// expiry (FAIL when expired, or close to it after a failed refresh).
+    fn judge(
+        &self,
+        ctx: &Context<'_>,
+        plan: &Plan,
+        index_url: Option<&SecretUrl>,
+        expires: Option<Option<i64>>,
+    ) -> Finding {
         let drift = plan.drift(ctx);
-        let Some(pip) = &ctx.config.pip else {
-            return self.finding(Status::NotConfigured, "no pip section in the config");
-        };
-        if drift.is_empty() {
-            let files = plan
-                .actions()
-                .iter()
-                .filter(|a| matches!(a, Action::Write { path, .. } if path.file_name() == Some(Path::new("pip.conf").as_os_str())))
-                .count();
-            self.finding(
-                Status::Pass,
-                format!("index-url {} in {files} pip.conf files", pip.index_url),
-            )
-        } else {
-            self.finding(Status::Fail, drift.join("; "))
+        if !drift.is_empty() {
+            return self.finding(Status::Fail, drift.join("; "));
         }
+        let files = plan
+            .actions()
+            .iter()
+            .filter(|a| matches!(a, Action::Write { path, .. } if path.file_name() == Some(Path::new("pip.conf").as_os_str())))
+            .count();
+        let shown = index_url.map(SecretUrl::redacted).unwrap_or_default();
+        let mut evidence = format!("index-url {shown} in {files} pip.conf files");
+        let mut status = Status::Pass;
+        if let Some(expires) = expires {
+            let (ok, token) =
+                super::codeartifact::judge(ctx.root, expires, crate::audit::change::now_ms());
+            evidence.push_str("; ");
+            evidence.push_str(&token);
+            if !ok {
+                status = Status::Fail;
+            }
+        }
+        self.finding(status, evidence)
     }
 }

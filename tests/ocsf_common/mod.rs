@@ -179,6 +179,26 @@ pub fn agent_examples() -> Vec<(&'static str, &'static str, AgentEvent)> {
             },
         ),
         (
+            "token-refreshed",
+            "`watch` obtained a new CodeArtifact token and rewrote every pip.conf (expiry times only, never the token).",
+            AgentEvent::TokenRefreshed {
+                repository: "corp/pypi-mirror".into(),
+                expires_ms: T + 43_200_000,
+                previous_expires_ms: Some(T + 21_600_000),
+            },
+        ),
+        (
+            "token-refresh-failed",
+            "A CodeArtifact token refresh failed; the token in the files stays in use and the refresh is retried.",
+            AgentEvent::TokenRefreshFailed {
+                repository: "corp/pypi-mirror".into(),
+                error: "pip.codeartifact: GetAuthorizationToken: the CodeArtifact API at https://codeartifact.eu-west-1.amazonaws.com is unreachable (io error: connection refused): without internet access the notebook's VPC needs the endpoints com.amazonaws.eu-west-1.codeartifact.api, com.amazonaws.eu-west-1.codeartifact.repositories and com.amazonaws.eu-west-1.sts".into(),
+                attempt: 3,
+                expires_ms: Some(T + 21_000_000),
+                retry_secs: 8,
+            },
+        ),
+        (
             "apply-pass",
             "`apply` brought every control into compliance.",
             AgentEvent::ApplyResult {
