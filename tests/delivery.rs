@@ -3,7 +3,7 @@
 //! moto_server (optionally behind the fault-layer fixture). Nothing leaves 127.0.0.1: the daemon
 //! gets env credentials only, IMDS is off, `audit.endpoint_url` is always loopback.
 //!
-//! - 100,000 events: every spool record arrives once (read back paginated with the AWS CLI);
+//! - 100,000 events: every spool record arrives once (read back paginated with the SDK, in-process);
 //! - outage: moto killed for 60 s while files keep coming, restarted on the same port: everything
 //!   not acknowledged before the kill arrives, in order;
 //! - crash: `kill -9` mid-burst, restart: everything arrives, duplicates ≤ one batch, identical;
@@ -253,10 +253,10 @@ fn read_spool(t: &TempRoot) -> SpoolView {
     }
 }
 
-/// Every event in moto's stream (paginated `get-log-events`), or empty while the group does not
-/// exist yet (the fixture panics then).
+/// Every event in moto's stream (the SDK in-process, bounded), or empty while the group or stream
+/// does not exist yet.
 fn moto_events(port: u16) -> Vec<(i64, String)> {
-    std::panic::catch_unwind(|| moto::read_back(port, GROUP, STREAM)).unwrap_or_default()
+    moto::try_read_back(port, GROUP, STREAM).unwrap_or_default()
 }
 
 fn uid_and_seq(message: &str) -> (String, u64) {
@@ -444,7 +444,7 @@ fn one_hundred_thousand_events_arrive_once_each() {
     }
     let once = files.values().filter(|c| **c == 1).count();
     println!(
-        "100k: spool 1..={} ({} still on disk, compared byte for byte); CloudWatch {} events, {} distinct sequences, {} duplicates; {} burst files with a create event in CloudWatch ({once} exactly once); all acked {:.1} s after the burst began; read back (paginated aws CLI) in {:.1} s",
+        "100k: spool 1..={} ({} still on disk, compared byte for byte); CloudWatch {} events, {} distinct sequences, {} duplicates; {} burst files with a create event in CloudWatch ({once} exactly once); all acked {:.1} s after the burst began; read back (SDK, in-process) in {:.1} s",
         spool.last_seq,
         tally.compared,
         tally.cloudwatch,
