@@ -1078,6 +1078,17 @@ fn status_fails_while_shipping_is_denied_and_the_spool_drops_then_passes_once_th
         ["events_dropped"]
         .as_u64()
         .expect("events_dropped");
+    // The replay of the dropped paths is paced by the room in the spool: let it finish.
+    let until = Instant::now() + Duration::from_secs(90);
+    while json_file(&t.join(&format!("{STATE}/daemon.json")))
+        .is_none_or(|d| d["dropped_paths_pending"].as_u64() != Some(0))
+    {
+        assert!(
+            Instant::now() < until,
+            "dropped paths not all recorded within 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     wait_all_acked(&t, 60, 1);
     let (code, log) = d.stop();
     assert_eq!(code, Some(0), "exit 0 on SIGTERM:\n{}", log.join("\n"));

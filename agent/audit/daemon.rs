@@ -82,7 +82,6 @@ impl Options {
             companions: vec![
                 super::snapshot::SNAPSHOT_FILE.to_string(),
                 DROPPED_PATHS_FILE.to_string(),
-                format!("{DROPPED_PATHS_FILE}.replay"),
             ],
             ..SpoolOptions::default()
         };
@@ -223,6 +222,10 @@ struct Pipeline {
     report: DaemonReport,
     /// The paths of changes the full spool dropped (None in stdout mode).
     dropped: Option<DroppedPaths>,
+    /// Paths wait in `dropped` to be recorded (set when room returns and at start).
+    replay_due: bool,
+    /// `audit.spool_max_bytes`: paces the replay.
+    spool_cap: u64,
     /// The watcher's inotify descriptor, for the live watch count.
     inotify_fd: Option<i32>,
     /// `events_written` when the last snapshot was requested, and what saving one costs: the
@@ -382,8 +385,8 @@ impl Pipeline {
             return Ok(());
         };
         self.sink.sync()?;
-        if let Some(list) = &self.dropped {
-            list.finish_replay();
+        if let Some(list) = &mut self.dropped {
+            list.commit();
         }
         let started = Instant::now();
         let saved = super::snapshot::save_encoded(snap, &dir);
@@ -414,7 +417,7 @@ impl Pipeline {
                 last_ms: d.last_ms,
                 recorded_seq: None,
             })?;
-            self.replay_dropped_paths()?;
+            self.replay_due = true;
         }
         Ok(())
     }
@@ -480,25 +483,53 @@ impl Pipeline {
     /// Each path whose change was dropped is looked at now and recorded as it is (present:
     /// Create when that was the dropped change, else Update; gone: Delete), as a Rescan change:
     /// the snapshot already holds the file, so without this nothing would ever name it.
+    ///
+    /// Paced by the room in the spool: only while no drop episode runs and the spool is under
+    /// half full, and only as many paths as fit in the room left below half (at ~2 KiB a
+    /// record), one chunk at a time, so the replay itself cannot fill the spool again. The rest waits for the next
+    /// turn of the loop (or the next start).
     fn replay_dropped_paths(&mut self) -> Result<(), String> {
+        // The previous chunk must be written first: until then the spool does not show it.
+        if !self.replay_due || !self.order.is_empty() {
+            return Ok(());
+        }
+        let room = match &self.sink {
+            Sink::Spool(w) => {
+                if w.pending_drops().is_some() {
+                    return Ok(());
+                }
+                let half = self.spool_cap / 2;
+                half.saturating_sub(w.stats().unacked_bytes)
+            }
+            Sink::Stdout { .. } => return Ok(()),
+        };
+        // ~2 KiB a record, generously (a hash, an owner, a long path).
+        if room < 2048 {
+            return Ok(());
+        }
+        let chunk = (room / 2048).min(2_000) as usize;
         let Some(list) = &mut self.dropped else {
+            self.replay_due = false;
             return Ok(());
         };
-        let entries = match list.take() {
+        let (entries, left) = match list.take(chunk) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot read the paths of dropped changes.");
+                self.replay_due = false;
                 return Ok(());
             }
         };
+        self.replay_due = left > 0;
+        self.report.dropped_paths_pending = left as u64;
         if entries.is_empty() {
             return Ok(());
         }
         tracing::info!(
             paths = entries.len(),
-            "Recording the changes the full spool dropped, as they are now."
+            left,
+            "Recording changes the full spool dropped, as they are now."
         );
-        self.report.dropped_paths_pending = 0;
         for (created, path) in entries {
             let now = now_ms();
             let ch = match std::fs::symlink_metadata(&path) {
@@ -682,6 +713,11 @@ pub fn run(
             ..DaemonReport::default()
         },
         dropped: persist_dir.as_ref().map(|d| DroppedPaths::new(d)),
+        // Paths left by an earlier run (a stop or crash while the spool was full).
+        replay_due: persist_dir
+            .as_ref()
+            .is_some_and(|d| DroppedPaths::new(d).exists()),
+        spool_cap: opts.spool.max_bytes,
         inotify_fd: watcher.inotify_fd(),
         written_at_snapshot: 0,
         snapshot_cost: Duration::ZERO,
@@ -814,6 +850,7 @@ fn pump(
         p.collect();
         p.write_ready()?;
         p.drops()?;
+        p.replay_dropped_paths()?;
         if p.sink.is_dirty() {
             p.sink.sync()?;
         }
@@ -859,23 +896,44 @@ pub const DROPPED_PATHS_MAX: u64 = 50_000;
 
 /// The paths of changes the full spool dropped: an append-only file beside the spool (one line
 /// per change: `C` for a create, `U` for anything else, a space, the path's bytes in hex so that
-/// any name fits on one line), capped at [`DROPPED_PATHS_MAX`] lines. [`DroppedPaths::take`]
-/// moves it aside before reading, so changes dropped during the replay start a new list, and a
-/// crash during the replay leaves the moved list for the next start.
+/// any name fits on one line), capped at [`DROPPED_PATHS_MAX`] lines. The replay takes paths
+/// from an in-memory copy; the file loses them only at [`DroppedPaths::commit`], once the
+/// changes made from them are in the spool and synced (a crash before that replays them again).
 struct DroppedPaths {
     path: PathBuf,
-    replay: PathBuf,
-    /// Lines in the file (counted at the first push after a start).
+    /// Lines in the file (counted at the first use after a start).
     lines: Option<u64>,
+    /// The file's paths not yet taken, loaded at the first take.
+    queue: Option<std::collections::VecDeque<(bool, PathBuf)>>,
+    /// Paths were taken since the last commit.
+    taken: bool,
 }
 
 impl DroppedPaths {
     fn new(spool_dir: &Path) -> Self {
         Self {
             path: spool_dir.join(DROPPED_PATHS_FILE),
-            replay: spool_dir.join(format!("{DROPPED_PATHS_FILE}.replay")),
             lines: None,
+            queue: None,
+            taken: false,
         }
+    }
+
+    /// Whether an earlier run left paths to record.
+    fn exists(&self) -> bool {
+        self.path.exists()
+    }
+
+    fn line((created, p): &(bool, PathBuf)) -> String {
+        use std::os::unix::ffi::OsStrExt;
+        let mut line = String::with_capacity(p.as_os_str().len() * 2 + 3);
+        line.push(if *created { 'C' } else { 'U' });
+        line.push(' ');
+        for b in p.as_os_str().as_bytes() {
+            line.push_str(&format!("{b:02x}"));
+        }
+        line.push('\n');
+        line
     }
 
     /// Appends one path; Ok(false) when the list is at its cap.
@@ -888,63 +946,65 @@ impl DroppedPaths {
             self.lines = Some(lines);
             return Ok(false);
         }
-        use std::os::unix::ffi::OsStrExt;
         let created = matches!(ch.kind, ChangeKind::Create | ChangeKind::Rename { .. });
-        let mut line = String::with_capacity(ch.path.as_os_str().len() * 2 + 3);
-        line.push(if created { 'C' } else { 'U' });
-        line.push(' ');
-        for b in ch.path.as_os_str().as_bytes() {
-            line.push_str(&format!("{b:02x}"));
-        }
-        line.push('\n');
+        let entry = (created, ch.path.clone());
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        f.write_all(line.as_bytes())
+        f.write_all(Self::line(&entry).as_bytes())
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
         self.lines = Some(lines + 1);
+        if let Some(q) = &mut self.queue {
+            q.push_back(entry);
+        }
         Ok(true)
     }
 
-    /// Every remembered path once (`true` when a create was dropped), the list emptied.
-    fn take(&mut self) -> Result<Vec<(bool, PathBuf)>, String> {
-        if self.path.exists() {
-            if self.replay.exists() {
-                // A replay interrupted by a crash: both lists count.
-                let mut older = std::fs::read(&self.replay)
-                    .map_err(|e| format!("{}: {e}", self.replay.display()))?;
-                let newer = std::fs::read(&self.path)
-                    .map_err(|e| format!("{}: {e}", self.path.display()))?;
-                older.extend_from_slice(&newer);
-                std::fs::write(&self.replay, older)
-                    .map_err(|e| format!("{}: {e}", self.replay.display()))?;
-                std::fs::remove_file(&self.path)
-                    .map_err(|e| format!("{}: {e}", self.path.display()))?;
-            } else {
-                std::fs::rename(&self.path, &self.replay)
-                    .map_err(|e| format!("{}: {e}", self.path.display()))?;
-            }
+    /// Up to `n` paths (`true` when a create was dropped), each path once, and how many are left.
+    fn take(&mut self, n: usize) -> Result<(Vec<(bool, PathBuf)>, usize), String> {
+        if self.queue.is_none() {
+            let mut seen = std::collections::HashSet::new();
+            let q = Self::read(&self.path)?
+                .into_iter()
+                .filter(|(_, p)| seen.insert(p.clone()))
+                .collect();
+            self.queue = Some(q);
         }
-        self.lines = Some(0);
-        let entries = Self::read(&self.replay)?;
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for (created, p) in entries {
-            if seen.insert(p.clone()) {
-                out.push((created, p));
-            }
+        let Some(q) = &mut self.queue else {
+            return Ok((Vec::new(), 0));
+        };
+        let out: Vec<(bool, PathBuf)> = q.drain(..n.min(q.len())).collect();
+        if !out.is_empty() {
+            self.taken = true;
         }
-        Ok(out)
+        Ok((out, q.len()))
     }
 
-    /// The replayed list goes once the changes made from it are in the spool and synced (at the
-    /// next snapshot save): a crash before that replays it again at the next start.
-    fn finish_replay(&self) {
-        if let Err(e) = std::fs::remove_file(&self.replay) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.replay.display(), error = %e, "Cannot remove the replayed list of dropped paths.");
+    /// After the spool synced: the file keeps only the paths not yet taken (temp file, rename).
+    fn commit(&mut self) {
+        if !self.taken {
+            return;
+        }
+        let Some(q) = &self.queue else { return };
+        let result = if q.is_empty() {
+            match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                _ => Ok(()),
+            }
+        } else {
+            let text: String = q.iter().map(Self::line).collect();
+            crate::host::safe_write::write_private(&self.path, text.as_bytes())
+                .map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(()) => {
+                self.lines = Some(q.len() as u64);
+                self.taken = false;
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "Cannot shorten the list of dropped paths; they may be recorded twice.")
             }
         }
     }
