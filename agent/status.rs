@@ -19,6 +19,9 @@ pub struct StatusReport {
     /// The audit daemon and shipping rows allow exit 0 (PASS, or NOT_CONFIGURED where the unit
     /// is not installed).
     pub audit_healthy: bool,
+    /// Stable codes of what makes the audit rows FAIL (`crate::audit::health::problem`), for
+    /// scripts: empty when the audit is healthy. docs/STATUS.md lists them.
+    pub audit_problems: Vec<&'static str>,
     pub controls: Vec<Finding>,
     pub audit: Vec<Finding>,
 }
@@ -55,12 +58,13 @@ pub fn collect(
 ) -> Result<StatusReport, String> {
     let ctx = Context::new(root, config, runner)?;
     let findings: Vec<Finding> = controls.iter().map(|c| c.check(&ctx)).collect();
-    let audit = crate::audit::health::findings(root, config, now_ms);
+    let (audit, audit_problems) = crate::audit::health::assess(root, config, now_ms);
     Ok(StatusReport {
         version: SCHEMA_VERSION,
         agent_version: env!("CARGO_PKG_VERSION"),
         compliant: findings.iter().all(passes),
         audit_healthy: crate::audit::health::healthy(&audit),
+        audit_problems,
         controls: findings,
         audit,
     })

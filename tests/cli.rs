@@ -66,15 +66,16 @@ fn status_as_a_normal_user_says_which_checks_need_root() {
     common::require_root("run a command as nobody");
     let t = common::TempRoot::amazon_linux();
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notebook-agent"))
-        .args(["status", "--root", t.path().to_str().expect("utf-8")])
-        .env_clear()
-        .envs(common::TEST_ENV.iter().copied())
-        .env("PATH", "/usr/bin:/bin")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run as nobody");
+    let out = common::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_notebook-agent"))
+            .args(["status", "--root", t.path().to_str().expect("utf-8")])
+            .env_clear()
+            .envs(common::TEST_ENV.iter().copied())
+            .env("PATH", "/usr/bin:/bin")
+            .uid(65534)
+            .gid(65534),
+        common::COMMAND_DEADLINE,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("need root"), "{err}");
     assert!(

@@ -3,7 +3,7 @@
 //! moto_server (optionally behind the fault-layer fixture). Nothing leaves 127.0.0.1: the daemon
 //! gets env credentials only, IMDS is off, `audit.endpoint_url` is always loopback.
 //!
-//! - 100,000 events: every spool record arrives once (read back paginated with the AWS CLI);
+//! - 100,000 events: every spool record arrives once (read back paginated with the SDK, in-process);
 //! - outage: moto killed for 60 s while files keep coming, restarted on the same port: everything
 //!   not acknowledged before the kill arrives, in order;
 //! - crash: `kill -9` mid-burst, restart: everything arrives, duplicates ≤ one batch, identical;
@@ -253,10 +253,10 @@ fn read_spool(t: &TempRoot) -> SpoolView {
     }
 }
 
-/// Every event in moto's stream (paginated `get-log-events`), or empty while the group does not
-/// exist yet (the fixture panics then).
+/// Every event in moto's stream (the SDK in-process, bounded), or empty while the group or stream
+/// does not exist yet.
 fn moto_events(port: u16) -> Vec<(i64, String)> {
-    std::panic::catch_unwind(|| moto::read_back(port, GROUP, STREAM)).unwrap_or_default()
+    moto::try_read_back(port, GROUP, STREAM).unwrap_or_default()
 }
 
 fn uid_and_seq(message: &str) -> (String, u64) {
@@ -444,7 +444,7 @@ fn one_hundred_thousand_events_arrive_once_each() {
     }
     let once = files.values().filter(|c| **c == 1).count();
     println!(
-        "100k: spool 1..={} ({} still on disk, compared byte for byte); CloudWatch {} events, {} distinct sequences, {} duplicates; {} burst files with a create event in CloudWatch ({once} exactly once); all acked {:.1} s after the burst began; read back (paginated aws CLI) in {:.1} s",
+        "100k: spool 1..={} ({} still on disk, compared byte for byte); CloudWatch {} events, {} distinct sequences, {} duplicates; {} burst files with a create event in CloudWatch ({once} exactly once); all acked {:.1} s after the burst began; read back (SDK, in-process) in {:.1} s",
         spool.last_seq,
         tally.compared,
         tally.cloudwatch,
@@ -944,5 +944,407 @@ fn unreachable_endpoint_bad_credentials_and_kms_errors_log_once_count_and_keep_r
         "failure: CreateLogGroup calls behind the KMS fault {}, PutLogEvents {}",
         kms_create.count("CreateLogGroup"),
         kms_create.count("PutLogEvents")
+    );
+}
+
+/// `status --json` on the temp root: the parsed object and the exit code.
+fn status_json(t: &TempRoot) -> (Value, Option<i32>) {
+    let out = common::agent(&[
+        "status",
+        "--json",
+        "--root",
+        t.path().to_str().expect("utf-8"),
+    ]);
+    let doc: Value = serde_json::from_str(&common::stdout(&out)).unwrap_or_else(|e| {
+        panic!(
+            "status --json printed no JSON ({e}): {}\n{}",
+            common::stdout(&out),
+            common::stderr(&out)
+        )
+    });
+    (doc, out.status.code())
+}
+
+/// The audit row `id` (`audit_daemon`, `shipping`) of a status object: (status, evidence).
+fn audit_row(doc: &Value, id: &str) -> (String, String) {
+    let row = doc["audit"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["control"] == id))
+        .unwrap_or_else(|| panic!("no audit row {id}: {doc:#}"));
+    (
+        row["status"].as_str().unwrap_or_default().to_string(),
+        row["evidence"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Polls `status --json` (up to `secs`) until `f` holds; returns that object.
+fn wait_status(t: &TempRoot, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (doc, _) = status_json(t);
+        if f(&doc) {
+            return doc;
+        }
+        assert!(
+            Instant::now() < until,
+            "status: not {what} within {secs} s: {:#}",
+            doc["audit"]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn problems(doc: &Value) -> Vec<String> {
+    doc["audit_problems"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Regression (issue 13, "degraded states reported as PASS" and "audit gaps"): with CloudWatch
+/// answering AccessDenied, the 1 MiB spool fills and drops events. `status` must say FAIL for
+/// both rows (Shipping: the operator must act; Audit daemon: events are being dropped), PASS
+/// again only once the "Spool full" record is in CloudWatch, with the loss still named; and every
+/// file whose change was dropped is in CloudWatch by its path (a Rescan record).
+#[test]
+fn status_fails_while_shipping_is_denied_and_the_spool_drops_then_passes_once_the_loss_is_on_record(
+) {
+    let moto = Moto::start();
+    let rt = fault_runtime();
+    let proxy = rt.block_on(FaultProxy::start(moto.port));
+    proxy.set_sticky(
+        None,
+        Some(Fault::Error {
+            status: 400,
+            code: "AccessDeniedException",
+        }),
+    );
+    let t = TempRoot::amazon_linux();
+    configure(
+        &t,
+        &proxy.endpoint(),
+        r#""drain_secs": 5, "spool_max_bytes": 1048576"#,
+    );
+    let d = Daemon::start(&t, "info");
+    started(&t);
+    wait_shipper(&t, 30, "waiting for the operator", |s| {
+        s["waiting_for_operator"]["code"] == "AccessDeniedException"
+    });
+    let doc = wait_status(&t, 20, "Shipping FAIL (denied)", |doc| {
+        audit_row(doc, "shipping").0 == "FAIL"
+    });
+    let (_, shipping) = audit_row(&doc, "shipping");
+    assert!(
+        shipping.contains("AccessDeniedException") && shipping.contains("refuses the agent"),
+        "{shipping}"
+    );
+    assert_eq!(doc["audit_healthy"], false);
+    assert!(
+        problems(&doc).contains(&"waiting_for_operator".to_string()),
+        "{doc:#}"
+    );
+
+    // Fill the spool: ~700 bytes a record, 1 MiB holds ~1,500.
+    burst(&t, "flood", "f", 4000);
+    let doc = wait_status(&t, 60, "Audit daemon FAIL (dropping)", |doc| {
+        audit_row(doc, "audit_daemon").1.contains("DROPPING")
+    });
+    let (daemon_status, daemon_evidence) = audit_row(&doc, "audit_daemon");
+    println!("spool full: {daemon_status} {daemon_evidence}");
+    assert_eq!(daemon_status, "FAIL", "{daemon_evidence}");
+    assert!(
+        problems(&doc).contains(&"spool_dropping".to_string()),
+        "{doc:#}"
+    );
+
+    // The operator fixes the role: everything drains, the loss is recorded and shipped.
+    proxy.set_sticky(None, None);
+    let doc = wait_status(&t, 150, "both rows PASS again", |doc| {
+        audit_row(doc, "audit_daemon").0 == "PASS" && audit_row(doc, "shipping").0 == "PASS"
+    });
+    let (_, daemon_evidence) = audit_row(&doc, "audit_daemon");
+    println!("recovered: {daemon_evidence}");
+    assert!(
+        daemon_evidence.contains("dropped") && daemon_evidence.contains("recorded"),
+        "the loss stays named: {daemon_evidence}"
+    );
+    assert!(problems(&doc).is_empty(), "{doc:#}");
+    assert_eq!(doc["audit_healthy"], true);
+    let dropped = json_file(&t.join(&format!("{STATE}/daemon.json"))).expect("daemon.json")
+        ["events_dropped"]
+        .as_u64()
+        .expect("events_dropped");
+    // The replay of the dropped paths is paced by the room in the spool: let it finish.
+    let until = Instant::now() + Duration::from_secs(90);
+    while json_file(&t.join(&format!("{STATE}/daemon.json")))
+        .is_none_or(|d| d["dropped_paths_pending"].as_u64() != Some(0))
+    {
+        assert!(
+            Instant::now() < until,
+            "dropped paths not all recorded within 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_all_acked(&t, 60, 1);
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "exit 0 on SIGTERM:\n{}", log.join("\n"));
+
+    // Every flood file is in CloudWatch by its path: live, or recorded again after the drop.
+    let events = moto::read_back(moto.port, GROUP, STREAM);
+    let mut named = std::collections::BTreeSet::new();
+    let mut rescans = 0;
+    let mut drop_records = 0;
+    for (_, m) in &events {
+        let v: Value = serde_json::from_str(m).expect("JSON");
+        if v["class_uid"] == 1008 && m.contains("Spool full") {
+            drop_records += 1;
+        }
+        if let Some(name) = v["file"]["path"]
+            .as_str()
+            .and_then(|p| p.rsplit_once("/flood/"))
+            .map(|(_, f)| f.to_string())
+        {
+            if v["unmapped"]["source"] == "rescan" {
+                rescans += 1;
+            }
+            named.insert(name);
+        }
+    }
+    println!(
+        "spool full: {dropped} events dropped; CloudWatch has {} of 4000 flood files by path ({rescans} recorded again after the drop), {drop_records} 'Spool full' record(s)",
+        named.len()
+    );
+    assert!(dropped > 0, "the spool dropped events");
+    assert!(drop_records >= 1, "the loss is on record");
+    assert!(rescans > 0, "dropped changes recorded again by path");
+    assert_eq!(named.len(), 4000, "every flood file named in CloudWatch");
+}
+
+/// Regression (issue 13): a batch CloudWatch refused (dead-lettered) left Shipping PASS with
+/// "742 rejected"; its Delivery record said "InvalidParameterException: InvalidParameterException: …".
+#[test]
+fn a_dead_lettered_batch_fails_shipping_until_the_operator_clears_it() {
+    let moto = Moto::start();
+    let rt = fault_runtime();
+    let proxy = rt.block_on(FaultProxy::start(moto.port));
+    let t = TempRoot::amazon_linux();
+    configure(&t, &proxy.endpoint(), r#""drain_secs": 5"#);
+    let d = Daemon::start(&t, "info");
+    started(&t);
+    wait_shipper(&t, 30, "shipping", |s| s["shipped"].as_u64() > Some(0));
+    proxy.push(
+        Fault::Error {
+            status: 400,
+            code: "InvalidParameterException",
+        },
+        1,
+    );
+    for i in 0..20 {
+        std::fs::write(t.join(&format!("{SM}/nb{i}.ipynb")), "{}").expect("write");
+    }
+    wait_shipper(&t, 30, "a rejected batch", |s| {
+        s["rejected"].as_u64() > Some(0)
+    });
+    let doc = wait_status(&t, 20, "Shipping FAIL (dead letter)", |doc| {
+        audit_row(doc, "shipping").0 == "FAIL"
+    });
+    let (_, evidence) = audit_row(&doc, "shipping");
+    println!("dead letter: {evidence}");
+    assert!(
+        evidence.contains("shipper-rejected.jsonl") && evidence.contains("audit clear-rejected"),
+        "{evidence}"
+    );
+    assert!(
+        problems(&doc).contains(&"dead_letter".to_string()),
+        "{doc:#}"
+    );
+
+    let out = common::agent(&[
+        "audit",
+        "clear-rejected",
+        "--root",
+        t.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    println!("{}", common::stdout(&out).trim());
+    let (doc, _) = status_json(&t);
+    assert_eq!(audit_row(&doc, "shipping").0, "PASS", "{:#}", doc["audit"]);
+    let kept = std::fs::read_dir(t.join(STATE))
+        .expect("ls state")
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("shipper-rejected.cleared-")
+        });
+    assert!(kept, "the cleared records are kept, not deleted");
+    wait_all_acked(&t, 60, 1);
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "exit 0 on SIGTERM:\n{}", log.join("\n"));
+    let delivery: Vec<String> = moto::read_back(moto.port, GROUP, STREAM)
+        .into_iter()
+        .map(|(_, m)| m)
+        .filter(|m| m.contains("batch_rejected") || m.contains("InvalidParameterException"))
+        .collect();
+    assert!(!delivery.is_empty(), "the rejection is on record");
+    for m in &delivery {
+        assert!(
+            // (The fault layer's own message is "InvalidParameterException (fault layer)".)
+            !m.contains("InvalidParameterException: InvalidParameterException: "),
+            "the code repeated: {m}"
+        );
+    }
+}
+
+/// Regression (issue 13): without /opt/ml/metadata/resource-metadata.json shipping was off even
+/// with a fixed stream name and `audit.region`, and `status` still said the audit was healthy.
+#[test]
+fn shipping_works_from_config_alone_and_when_it_cannot_start_status_says_why() {
+    let moto = Moto::start();
+    // A plain VM: no notebook identity, a fixed stream.
+    let t = TempRoot::amazon_linux();
+    std::fs::remove_file(t.join("opt/ml/metadata/resource-metadata.json")).expect("rm metadata");
+    configure(
+        &t,
+        &moto.endpoint(),
+        r#""drain_secs": 5, "log_stream": "lab-vm/audit""#,
+    );
+    let d = Daemon::start(&t, "info");
+    started(&t);
+    std::fs::write(t.join(&format!("{SM}/plain-vm.txt")), "x").expect("write");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !moto::try_read_back(moto.port, GROUP, "lab-vm/audit")
+        .unwrap_or_default()
+        .iter()
+        .any(|(_, m)| m.contains("plain-vm.txt"))
+    {
+        assert!(
+            Instant::now() < until,
+            "nothing in lab-vm/audit within 30 s:\n{}",
+            d.log().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+
+    // The default stream name needs the identity: shipping cannot start, status says FAIL, why.
+    let t = TempRoot::amazon_linux();
+    std::fs::remove_file(t.join("opt/ml/metadata/resource-metadata.json")).expect("rm metadata");
+    configure(&t, &moto.endpoint(), r#""drain_secs": 5"#);
+    let d = Daemon::start(&t, "info");
+    let doc = wait_status(&t, 20, "Shipping FAIL (not started)", |doc| {
+        audit_row(doc, "shipping").0 == "FAIL"
+    });
+    let (_, evidence) = audit_row(&doc, "shipping");
+    println!("not started: {evidence}");
+    assert!(
+        evidence.contains("NOT SHIPPING") && evidence.contains("resource-metadata.json"),
+        "{evidence}"
+    );
+    assert!(
+        problems(&doc).contains(&"shipping_not_started".to_string()),
+        "{doc:#}"
+    );
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
+
+/// Regression (issue 13): the watch count in daemon.json (and status) stayed at its start value.
+#[test]
+fn the_watch_count_follows_the_kernel() {
+    let moto = Moto::start();
+    let t = TempRoot::amazon_linux();
+    configure(&t, &moto.endpoint(), r#""drain_secs": 2"#);
+    let d = Daemon::start(&t, "info");
+    started(&t);
+    let daemon_json = || json_file(&t.join(&format!("{STATE}/daemon.json"))).unwrap_or_default();
+    let at_start = daemon_json()["watches"].as_u64().expect("watches");
+    for i in 0..3 {
+        std::fs::create_dir(t.join(&format!("{SM}/dir{i}"))).expect("mkdir");
+    }
+    // daemon.json is rewritten every 5 s.
+    let until = Instant::now() + Duration::from_secs(20);
+    while daemon_json()["watches"].as_u64() != Some(at_start + 3) {
+        assert!(
+            Instant::now() < until,
+            "watches not {} within 20 s: {:#}",
+            at_start + 3,
+            daemon_json()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "watches: {at_start} at start, {} after 3 mkdirs",
+        at_start + 3
+    );
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
+
+/// Regression (issue 13): a SIGTERM while a PutLogEvents call was in flight to an endpoint that
+/// never answers waited for the SDK's 30 s read timeout before the drain window even began
+/// (`drain_secs` 20 took 47 s, past the unit's TimeoutStopSec=30). The stop is bounded by
+/// `drain_secs` plus a small margin, whatever is in flight; the spool keeps the batch.
+#[test]
+fn sigterm_during_a_call_that_never_answers_exits_within_drain_secs() {
+    // An endpoint that accepts connections and reads requests but never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let requests = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&requests);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            seen.store(true, Ordering::SeqCst);
+            held.push(s); // never answered, never closed
+        }
+    });
+    let t = TempRoot::amazon_linux();
+    let drain_secs = 2;
+    configure(
+        &t,
+        &format!("http://127.0.0.1:{port}"),
+        &format!(r#""drain_secs": {drain_secs}"#),
+    );
+    let d = Daemon::start(&t, "info");
+    started(&t);
+    std::fs::write(t.join(&format!("{SM}/in-flight.txt")), "x").expect("write");
+    let until = Instant::now() + Duration::from_secs(20);
+    while !requests.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < until,
+            "no call reached the endpoint in 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let (code, log) = d.stop();
+    let took = t0.elapsed();
+    println!(
+        "stop with a call in flight: exit {code:?} {:.1} s after SIGTERM (drain_secs {drain_secs})",
+        took.as_secs_f64()
+    );
+    assert_eq!(code, Some(0), "{}", log.join("\n"));
+    // drain_secs + the shipper's stop margin (5 s) + the daemon's own stop: far below the SDK's
+    // 30 s read timeout that held it before.
+    assert!(
+        took < Duration::from_secs(drain_secs + 10),
+        "exit {:.1} s after SIGTERM with drain_secs {drain_secs}:\n{}",
+        took.as_secs_f64(),
+        log.join("\n")
+    );
+    let spool = read_spool(&t);
+    assert!(
+        spool
+            .retained
+            .iter()
+            .any(|(_, m)| m.contains("in-flight.txt")),
+        "the spool keeps the batch that was in flight"
     );
 }

@@ -196,7 +196,11 @@ fn heartbeats_come_every_period_and_at_every_change_of_compliance() {
     std::fs::write(t.join("etc/group"), fixed).expect("write group");
     std::thread::sleep(Duration::from_millis(600));
     stop.store(true, Ordering::SeqCst);
-    daemon.join().expect("daemon thread");
+    common::join_within(
+        daemon,
+        Duration::from_secs(60),
+        "the daemon thread after stop",
+    );
     monitor.join();
     let total = drifted_at.elapsed() + Duration::from_millis(1000);
 

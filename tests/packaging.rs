@@ -26,7 +26,8 @@ fn out(o: &Output) -> String {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let o = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    // Bounded (a cargo build or an rpm transaction; a hang fails the test).
+    let o = common::output_within(cmd, std::time::Duration::from_secs(1200));
     assert!(o.status.success(), "{cmd:?} failed: {}", out(&o));
     o
 }

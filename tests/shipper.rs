@@ -393,3 +393,103 @@ async fn oversize_truncated_and_too_old_rejected_locally() {
     assert_eq!(line["sequence"], 1);
     assert_eq!(line["reason"], "too_old");
 }
+
+/// Regression (issue 13, "the suite can hang"): the read-back paged with one `aws` process per
+/// page until a page came back empty, so a writer adding events about as fast as one page call
+/// took kept it going for ever. It must end (at the end of the stream as one call found it) while
+/// a writer keeps adding, within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_back_ends_while_a_writer_keeps_adding_events() {
+    let moto = Moto::start();
+    let client = moto::sdk_client(moto.port);
+    client
+        .create_log_group()
+        .log_group_name(GROUP)
+        .send()
+        .await
+        .expect("create group");
+    client
+        .create_log_stream()
+        .log_group_name(GROUP)
+        .log_stream_name(STREAM)
+        .send()
+        .await
+        .expect("create stream");
+    let writer_client = client.clone();
+    let put = move |seq: u64| {
+        let c = writer_client.clone();
+        async move {
+            let ev = aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(now_ms())
+                .message(String::from_utf8(record(seq, 10)).expect("UTF-8"))
+                .build()
+                .expect("event");
+            c.put_log_events()
+                .log_group_name(GROUP)
+                .log_stream_name(STREAM)
+                .log_events(ev)
+                .send()
+                .await
+                .expect("put");
+        }
+    };
+    // 20,000 events first (more than one page), then a writer that never stops while the
+    // read-back runs: one event every 5 ms.
+    let mut seq = 0;
+    for chunk in 0..2 {
+        let events: Vec<_> = (1..=10_000)
+            .map(|i| {
+                aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                    .timestamp(now_ms())
+                    .message(String::from_utf8(record(chunk * 10_000 + i, 10)).expect("UTF-8"))
+                    .build()
+                    .expect("event")
+            })
+            .collect();
+        client
+            .put_log_events()
+            .log_group_name(GROUP)
+            .log_stream_name(STREAM)
+            .set_log_events(Some(events))
+            .send()
+            .await
+            .expect("put 10,000");
+        seq += 10_000;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = std::sync::Arc::clone(&stop);
+    let writer = tokio::spawn(async move {
+        let mut seq = seq;
+        while !writing.load(std::sync::atomic::Ordering::SeqCst) {
+            seq += 1;
+            put(seq).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seq
+    });
+    let port = moto.port;
+    let t = Instant::now();
+    let reading = tokio::task::spawn_blocking(move || read_back(port, GROUP, STREAM));
+    let read = tokio::time::timeout(Duration::from_secs(90), reading).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await.expect("writer");
+    let events = read
+        .unwrap_or_else(|_| panic!("read-back still going after 90 s while a writer adds events"))
+        .expect("read-back task");
+    println!(
+        "read-back: {} events in {:.1} s while the writer went on to {written}",
+        events.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let seqs = sequences(&events);
+    assert!(
+        seqs.len() >= 20_000,
+        "at least what was there: {}",
+        seqs.len()
+    );
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "a prefix of the stream, in order"
+    );
+}

@@ -316,15 +316,32 @@ fn killed_writer_loses_nothing_synced() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Kept open until the child is dead, so it cannot see EPIPE and exit cleanly first.
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        // Read on a thread that keeps the pipe open until the child is dead (so it cannot see
+        // EPIPE and exit cleanly first); this thread waits with a deadline.
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pipe = std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if let Some(s) = line.trim_end().strip_prefix("synced ") {
+                    if tx.send(s.parse::<u64>().unwrap()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
         let mut synced_this_round = 0;
-        let mut line = String::new();
+        let until = std::time::Instant::now() + Duration::from_secs(120);
         while synced_this_round < last_synced + 3000 {
-            line.clear();
-            assert!(stdout.read_line(&mut line).unwrap() > 0, "child died early");
-            if let Some(s) = line.trim_end().strip_prefix("synced ") {
-                synced_this_round = s.parse().unwrap();
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(s) => synced_this_round = s,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("child died early"),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    panic!(
+                        "round {round}: child synced only up to {synced_this_round} within 120 s"
+                    )
+                }
             }
         }
         child.kill().unwrap(); // SIGKILL
@@ -333,7 +350,8 @@ fn killed_writer_loses_nothing_synced() {
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(9)
         );
-        drop(stdout);
+        drop(rx);
+        pipe.join().unwrap();
         assert!(
             synced_this_round > last_synced,
             "round {round} made progress"
@@ -448,7 +466,12 @@ fn writer_and_reader_on_two_threads() {
     });
     let reader = std::thread::spawn(move || {
         let mut next = 1;
+        let until = std::time::Instant::now() + Duration::from_secs(120);
         while next <= N {
+            assert!(
+                std::time::Instant::now() < until,
+                "reader: only up to {next} of {N} within 120 s (writer stuck or dead?)"
+            );
             let batch = r.read_from(next - 1, 1000, 64 << 10).unwrap();
             for rec in &batch {
                 assert_eq!(rec.seq, next);

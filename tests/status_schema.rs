@@ -43,6 +43,39 @@ fn status_json_on_the_fixture_validates_against_the_documented_schema() {
     assert_eq!(doc["compliant"], false);
     assert_eq!(doc["controls"].as_array().map(Vec::len), Some(4));
     assert_eq!(doc["audit"].as_array().map(Vec::len), Some(2));
+    // No daemon ran and the unit is not installed: not counted, nothing failing.
+    assert_eq!(doc["audit_problems"], serde_json::json!([]), "{doc:#}");
+}
+
+/// Every `audit_problems` code the agent can report is in the schema's enum and documented.
+#[test]
+fn every_audit_problem_code_is_in_the_schema_and_docs() {
+    use notebook_agent::audit::health::problem;
+    let v = validator();
+    let doc_text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/STATUS.md"))
+        .expect("read docs/STATUS.md");
+    for code in [
+        problem::DAEMON_DOWN,
+        problem::DAEMON_HUNG,
+        problem::DROPPING,
+        problem::LOSS_UNRECORDED,
+        problem::NOT_SHIPPING,
+        problem::OPERATOR,
+        problem::DEAD_LETTER,
+        problem::BACKLOG,
+        problem::UNREADABLE,
+    ] {
+        let mut doc = ocsf_common::status_example(true);
+        doc["audit_problems"] = serde_json::json!([code]);
+        check(&v, &doc);
+        assert!(
+            doc_text.contains(&format!("`{code}`")),
+            "{code} not in docs/STATUS.md"
+        );
+    }
+    let mut doc = ocsf_common::status_example(true);
+    doc["audit_problems"] = serde_json::json!(["made_up"]);
+    assert!(!v.is_valid(&doc), "unknown codes are refused");
 }
 
 #[test]

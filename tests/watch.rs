@@ -383,7 +383,11 @@ fn a_full_spool_counts_its_drops_and_records_them_when_room_returns() {
     std::fs::write(sm.join("after-room.txt"), "x").expect("write");
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::SeqCst);
-    let report = daemon.join().expect("join");
+    let report = common::join_within(
+        daemon,
+        Duration::from_secs(60),
+        "the daemon thread after stop",
+    );
     drop(reader_slot);
 
     assert!(report.events_dropped > 0, "the tiny spool dropped events");
@@ -459,9 +463,8 @@ fn the_daemon_ships_every_record_to_cloudwatch_logs_in_moto_exactly_once() {
     let until = Instant::now() + Duration::from_secs(20);
     let mut got = Vec::new();
     while Instant::now() < until {
-        // The group does not exist until the first put: the fixture panics on that, so ask again.
-        got = std::panic::catch_unwind(|| moto::read_back(moto.port, group, stream))
-            .unwrap_or_default();
+        // The group does not exist until the first put: ask again.
+        got = moto::try_read_back(moto.port, group, stream).unwrap_or_default();
         if got.len() > 50 {
             break;
         }

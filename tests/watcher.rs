@@ -48,10 +48,17 @@ fn start(cfg: WatchConfig) -> (Watcher, Receiver<Output>, StartInfo) {
     Watcher::start(cfg, None).expect("start watcher")
 }
 
-/// Everything output until nothing arrives for `QUIET`.
+/// Everything output until nothing arrives for `QUIET` (a watcher that never goes quiet fails
+/// the test after two minutes instead of hanging it).
 fn drain(rx: &Receiver<Output>) -> Vec<Output> {
     let mut v = Vec::new();
+    let until = Instant::now() + Duration::from_secs(120);
     loop {
+        assert!(
+            Instant::now() < until,
+            "the watcher's output never went quiet within 120 s ({} outputs)",
+            v.len()
+        );
         match rx.recv_timeout(QUIET) {
             Ok(o) => v.push(o),
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return v,
@@ -554,7 +561,13 @@ fn collect(rx: Receiver<Output>, idle_after: Duration) -> Collector {
     let handle = std::thread::spawn(move || {
         let mut v = Vec::new();
         let mut last = Instant::now();
+        let until = Instant::now() + Duration::from_secs(180);
         loop {
+            assert!(
+                Instant::now() < until,
+                "the watcher's output never went quiet within 180 s ({} outputs)",
+                v.len()
+            );
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(o) => {
                     v.push(o);

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SigSet, Signal};
 use serde::{Deserialize, Serialize};
 
-use super::change::{now_ms, AgentEvent, FsChange};
+use super::change::{now_ms, AgentEvent, ChangeKind, FileFacts, FsChange, Source};
 use super::hash::{HashConfig, HashInput, HashOutput, Hasher, TrySubmitError};
 use super::ocsf::{self, Context as OcsfContext};
 use super::queue;
@@ -79,7 +79,10 @@ impl Options {
         let spool = SpoolOptions {
             max_bytes: config.audit.spool_max_bytes,
             // The watch snapshot lives beside the spool, on the same persistent volume.
-            companions: vec![super::snapshot::SNAPSHOT_FILE.to_string()],
+            companions: vec![
+                super::snapshot::SNAPSHOT_FILE.to_string(),
+                DROPPED_PATHS_FILE.to_string(),
+            ],
             ..SpoolOptions::default()
         };
         Self {
@@ -113,6 +116,34 @@ pub struct DaemonReport {
     pub rescans: u64,
     /// Watch-limit episodes: trees scanned periodically because they could not be watched.
     pub unwatched_dirs: u64,
+    /// The last spool-full episodes (at most [`DROP_HISTORY`]), carried over restarts: `status`
+    /// names them until CloudWatch has their record.
+    #[serde(default)]
+    pub drop_episodes: Vec<DropEpisode>,
+    /// The episode in progress: the spool is full and events are being dropped right now.
+    #[serde(default)]
+    pub dropping: Option<DropEpisode>,
+    /// Changes that could not be spooled whose paths wait in `dropped-paths` beside the spool, to
+    /// be re-examined and recorded when room returns (or at the next start).
+    #[serde(default)]
+    pub dropped_paths_pending: u64,
+    /// Of those, the ones beyond the list's cap: counted, not named.
+    #[serde(default)]
+    pub dropped_paths_unnamed: u64,
+}
+
+/// How many drop episodes `daemon.json` keeps.
+pub const DROP_HISTORY: usize = 8;
+
+/// One spool-full episode: how many events, when, and the spool sequence of its "Spool full"
+/// record (None until that record is stored). It is on record in CloudWatch once the shipper
+/// acknowledged that sequence.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DropEpisode {
+    pub count: u64,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub recorded_seq: Option<u64>,
 }
 
 impl DaemonReport {
@@ -132,11 +163,16 @@ enum Sink {
 }
 
 impl Sink {
-    fn write(&mut self, time_ms: i64, build: impl FnOnce(u64) -> Vec<u8>) -> Result<bool, String> {
+    /// The record's sequence, or None when the spool was full and it was dropped.
+    fn write(
+        &mut self,
+        time_ms: i64,
+        build: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<Option<u64>, String> {
         match self {
             Sink::Spool(w) => match w.append(time_ms, build) {
-                Ok(Appended::Stored { .. }) => Ok(true),
-                Ok(Appended::Dropped) => Ok(false),
+                Ok(Appended::Stored { seq }) => Ok(Some(seq)),
+                Ok(Appended::Dropped) => Ok(None),
                 Err(e) => Err(format!("spool: {e}")),
             },
             Sink::Stdout { seq, out } => {
@@ -145,7 +181,7 @@ impl Sink {
                 line.push(b'\n');
                 out.write_all(&line)
                     .map_err(|e| format!("stdout: {e}"))
-                    .map(|_| true)
+                    .map(|_| Some(*seq))
             }
         }
     }
@@ -184,6 +220,14 @@ struct Pipeline {
     persist_dir: Option<PathBuf>,
     state_dir: PathBuf,
     report: DaemonReport,
+    /// The paths of changes the full spool dropped (None in stdout mode).
+    dropped: Option<DroppedPaths>,
+    /// Paths wait in `dropped` to be recorded (set when room returns and at start).
+    replay_due: bool,
+    /// `audit.spool_max_bytes`: paces the replay.
+    spool_cap: u64,
+    /// The watcher's inotify descriptor, for the live watch count.
+    inotify_fd: Option<i32>,
     /// `events_written` when the last snapshot was requested, and what saving one costs: the
     /// snapshot follows the tree closely (a change made after it and undone while the agent is
     /// down cannot be seen by catch-up) without costing more than a tenth of the time.
@@ -192,6 +236,23 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// What the kernel holds now (the count at start goes stale as directories come and go),
+    /// and the episode in progress.
+    fn refresh_live_counts(&mut self) {
+        if let Some(n) = self.inotify_fd.and_then(live_watches) {
+            self.report.watches = n;
+        }
+        self.report.dropping = match &self.sink {
+            Sink::Spool(w) => w.pending_drops().map(|d| DropEpisode {
+                count: d.count,
+                first_ms: d.first_ms,
+                last_ms: d.last_ms,
+                recorded_seq: None,
+            }),
+            Sink::Stdout { .. } => None,
+        };
+    }
+
     fn agent(&mut self, mut ev: AgentEvent) {
         match &mut ev {
             // The drift monitor sends the status; the pipeline knows its own numbers.
@@ -203,6 +264,9 @@ impl Pipeline {
                 ..
             } => {
                 *uptime_secs = ((now_ms() - self.report.started_ms).max(0) / 1000) as u64;
+                if let Some(n) = self.inotify_fd.and_then(live_watches) {
+                    self.report.watches = n;
+                }
                 *watches = self.report.watches;
                 *spool_dropped = self.report.events_dropped;
                 *spool_pending = self.unshipped();
@@ -278,7 +342,10 @@ impl Pipeline {
                     let stored = self.sink.write(ch.time_ms, |seq| {
                         ocsf::to_line(&ocsf::file_activity(&ch, ctx, seq))
                     })?;
-                    self.count(stored, ch.time_ms);
+                    self.count(stored.is_some(), ch.time_ms);
+                    if stored.is_none() {
+                        self.remember_dropped(&ch);
+                    }
                 }
                 Some(Item::Agent(..)) => {
                     if let Some(Item::Agent(ev, t)) = self.order.pop_front() {
@@ -294,13 +361,13 @@ impl Pipeline {
         }
     }
 
-    fn write_agent(&mut self, ev: &AgentEvent, time_ms: i64) -> Result<(), String> {
+    fn write_agent(&mut self, ev: &AgentEvent, time_ms: i64) -> Result<Option<u64>, String> {
         let ctx = &self.ctx;
         let stored = self.sink.write(time_ms, |seq| {
             ocsf::to_line(&ocsf::agent_event(ev, ctx, seq, time_ms))
         })?;
-        self.count(stored, time_ms);
-        Ok(())
+        self.count(stored.is_some(), time_ms);
+        Ok(stored)
     }
 
     fn count(&mut self, stored: bool, time_ms: i64) {
@@ -318,6 +385,9 @@ impl Pipeline {
             return Ok(());
         };
         self.sink.sync()?;
+        if let Some(list) = &mut self.dropped {
+            list.commit();
+        }
         let started = Instant::now();
         let saved = super::snapshot::save_encoded(snap, &dir);
         self.snapshot_cost = started.elapsed();
@@ -332,23 +402,164 @@ impl Pipeline {
         Ok(())
     }
 
-    /// A drop episode that ended becomes one "spool full" event.
+    /// A drop episode that ended becomes one "spool full" event, kept in `daemon.json` with the
+    /// record's sequence (status follows it to CloudWatch); then the changes that were dropped
+    /// are looked at again and recorded with their paths.
     fn drops(&mut self) -> Result<(), String> {
-        if let Sink::Spool(w) = &mut self.sink {
-            if let Some(d) = w.take_drops() {
-                let ev = AgentEvent::SpoolDrop {
-                    dropped: d.count,
-                    first_ms: d.first_ms,
-                    last_ms: d.last_ms,
-                };
-                self.write_agent(&ev, now_ms())?;
+        let ended = match &mut self.sink {
+            Sink::Spool(w) => w.take_drops(),
+            Sink::Stdout { .. } => None,
+        };
+        if let Some(d) = ended {
+            self.record_drop_episode(DropEpisode {
+                count: d.count,
+                first_ms: d.first_ms,
+                last_ms: d.last_ms,
+                recorded_seq: None,
+            })?;
+            self.replay_due = true;
+        }
+        Ok(())
+    }
+
+    /// Writes the "Spool full" record of an episode and keeps the episode (with the record's
+    /// sequence, or None when the spool had no room for the record either: then it is written
+    /// again at the next start).
+    fn record_drop_episode(&mut self, mut e: DropEpisode) -> Result<(), String> {
+        let ev = AgentEvent::SpoolDrop {
+            dropped: e.count,
+            first_ms: e.first_ms,
+            last_ms: e.last_ms,
+        };
+        e.recorded_seq = self.write_agent(&ev, now_ms())?;
+        self.keep_episode(e);
+        Ok(())
+    }
+
+    fn keep_episode(&mut self, e: DropEpisode) {
+        let h = &mut self.report.drop_episodes;
+        h.push(e);
+        if h.len() > DROP_HISTORY {
+            let extra = h.len() - DROP_HISTORY;
+            h.drain(..extra);
+        }
+    }
+
+    /// At start: the episodes of earlier runs, and the record of any that never got one (the
+    /// daemon stopped or crashed while the spool was full, or the record was dropped too).
+    fn carry_over_drops(&mut self, previous: Option<DaemonReport>) -> Result<(), String> {
+        let Some(prev) = previous else {
+            return Ok(());
+        };
+        let mut unrecorded = Vec::new();
+        for e in prev.drop_episodes.into_iter().chain(prev.dropping) {
+            if e.recorded_seq.is_some() {
+                self.keep_episode(e);
+            } else {
+                unrecorded.push(e);
             }
+        }
+        for e in unrecorded {
+            self.record_drop_episode(e)?;
+        }
+        Ok(())
+    }
+
+    /// A change the spool had no room for: its path goes to the list beside the spool.
+    fn remember_dropped(&mut self, ch: &FsChange) {
+        let Some(list) = &mut self.dropped else {
+            return;
+        };
+        match list.push(ch) {
+            Ok(true) => self.report.dropped_paths_pending += 1,
+            Ok(false) => self.report.dropped_paths_unnamed += 1,
+            Err(e) => {
+                self.report.dropped_paths_unnamed += 1;
+                tracing::warn!(error = %e, "Cannot keep the path of a dropped change.");
+            }
+        }
+    }
+
+    /// Each path whose change was dropped is looked at now and recorded as it is (present:
+    /// Create when that was the dropped change, else Update; gone: Delete), as a Rescan change:
+    /// the snapshot already holds the file, so without this nothing would ever name it.
+    ///
+    /// Paced by the room in the spool: only while no drop episode runs and the spool is under
+    /// half full, and only as many paths as fit in the room left below half (at ~2 KiB a
+    /// record), one chunk at a time, so the replay itself cannot fill the spool again. The rest waits for the next
+    /// turn of the loop (or the next start).
+    fn replay_dropped_paths(&mut self) -> Result<(), String> {
+        // The previous chunk must be written first: until then the spool does not show it.
+        if !self.replay_due || !self.order.is_empty() {
+            return Ok(());
+        }
+        let room = match &self.sink {
+            Sink::Spool(w) => {
+                if w.pending_drops().is_some() {
+                    return Ok(());
+                }
+                let half = self.spool_cap / 2;
+                half.saturating_sub(w.stats().unacked_bytes)
+            }
+            Sink::Stdout { .. } => return Ok(()),
+        };
+        // ~2 KiB a record, generously (a hash, an owner, a long path).
+        if room < 2048 {
+            return Ok(());
+        }
+        let chunk = (room / 2048).min(2_000) as usize;
+        let Some(list) = &mut self.dropped else {
+            self.replay_due = false;
+            return Ok(());
+        };
+        let (entries, left) = match list.take(chunk) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read the paths of dropped changes.");
+                self.replay_due = false;
+                return Ok(());
+            }
+        };
+        self.replay_due = left > 0;
+        self.report.dropped_paths_pending = left as u64;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            paths = entries.len(),
+            left,
+            "Recording changes the full spool dropped, as they are now."
+        );
+        for (created, path) in entries {
+            let now = now_ms();
+            let ch = match std::fs::symlink_metadata(&path) {
+                Ok(md) => FsChange {
+                    kind: if created {
+                        ChangeKind::Create
+                    } else {
+                        ChangeKind::Update
+                    },
+                    path,
+                    facts: Some(FileFacts::from_metadata(&md)),
+                    time_ms: now,
+                    source: Source::Rescan,
+                },
+                Err(_) => FsChange {
+                    kind: ChangeKind::Delete,
+                    path,
+                    facts: None,
+                    time_ms: now,
+                    source: Source::Rescan,
+                },
+            };
+            self.submit(ch)?;
         }
         Ok(())
     }
 
     fn save_report(&mut self, state_dir: &Path) {
         self.report.updated_ms = now_ms();
+        self.refresh_live_counts();
         if self.persist_dir.is_none() {
             return;
         }
@@ -426,6 +637,8 @@ pub fn run(
 ) -> Result<DaemonReport, String> {
     let started = now_ms();
     let ctx = ocsf_context(root);
+    // Read before this run overwrites it: drop episodes carry over.
+    let previous = DaemonReport::load(&opts.state_dir);
     let mut startup_events = Vec::new();
 
     let mut extra = None;
@@ -488,7 +701,7 @@ pub fn run(
         hashed: VecDeque::new(),
         hash_in: Some(hash_in),
         hash_out,
-        persist_dir,
+        persist_dir: persist_dir.clone(),
         state_dir: opts.state_dir.clone(),
         report: DaemonReport {
             pid: std::process::id(),
@@ -499,6 +712,13 @@ pub fn run(
             watches: info.watches,
             ..DaemonReport::default()
         },
+        dropped: persist_dir.as_ref().map(|d| DroppedPaths::new(d)),
+        // Paths left by an earlier run (a stop or crash while the spool was full).
+        replay_due: persist_dir
+            .as_ref()
+            .is_some_and(|d| DroppedPaths::new(d).exists()),
+        spool_cap: opts.spool.max_bytes,
+        inotify_fd: watcher.inotify_fd(),
         written_at_snapshot: 0,
         snapshot_cost: Duration::ZERO,
     };
@@ -511,6 +731,10 @@ pub fn run(
     for ev in startup_events {
         p.agent(ev);
     }
+    p.write_ready()?;
+    p.carry_over_drops(previous)?;
+    // Changes a full spool dropped before a stop or crash: recorded now at the latest.
+    p.replay_dropped_paths()?;
     p.write_ready()?;
     p.sink.sync()?;
     p.save_report(&opts.state_dir);
@@ -626,6 +850,7 @@ fn pump(
         p.collect();
         p.write_ready()?;
         p.drops()?;
+        p.replay_dropped_paths()?;
         if p.sink.is_dirty() {
             p.sink.sync()?;
         }
@@ -651,4 +876,159 @@ fn pump(
         }
     }
     Ok(stopper)
+}
+
+/// The kernel's count of watches on an inotify descriptor of this process (`inotify wd:` lines
+/// of `/proc/self/fdinfo/FD`), or None when it cannot be read.
+fn live_watches(fd: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("inotify wd:"))
+            .count() as u64,
+    )
+}
+
+/// Name of the list of dropped changes' paths in the spool directory.
+pub const DROPPED_PATHS_FILE: &str = "dropped-paths";
+/// The list's cap; changes beyond it are counted (`dropped_paths_unnamed`), not named.
+pub const DROPPED_PATHS_MAX: u64 = 50_000;
+
+/// The paths of changes the full spool dropped: an append-only file beside the spool (one line
+/// per change: `C` for a create, `U` for anything else, a space, the path's bytes in hex so that
+/// any name fits on one line), capped at [`DROPPED_PATHS_MAX`] lines. The replay takes paths
+/// from an in-memory copy; the file loses them only at [`DroppedPaths::commit`], once the
+/// changes made from them are in the spool and synced (a crash before that replays them again).
+struct DroppedPaths {
+    path: PathBuf,
+    /// Lines in the file (counted at the first use after a start).
+    lines: Option<u64>,
+    /// The file's paths not yet taken, loaded at the first take.
+    queue: Option<std::collections::VecDeque<(bool, PathBuf)>>,
+    /// Paths were taken since the last commit.
+    taken: bool,
+}
+
+impl DroppedPaths {
+    fn new(spool_dir: &Path) -> Self {
+        Self {
+            path: spool_dir.join(DROPPED_PATHS_FILE),
+            lines: None,
+            queue: None,
+            taken: false,
+        }
+    }
+
+    /// Whether an earlier run left paths to record.
+    fn exists(&self) -> bool {
+        self.path.exists()
+    }
+
+    fn line((created, p): &(bool, PathBuf)) -> String {
+        use std::os::unix::ffi::OsStrExt;
+        let mut line = String::with_capacity(p.as_os_str().len() * 2 + 3);
+        line.push(if *created { 'C' } else { 'U' });
+        line.push(' ');
+        for b in p.as_os_str().as_bytes() {
+            line.push_str(&format!("{b:02x}"));
+        }
+        line.push('\n');
+        line
+    }
+
+    /// Appends one path; Ok(false) when the list is at its cap.
+    fn push(&mut self, ch: &FsChange) -> Result<bool, String> {
+        let lines = match self.lines {
+            Some(n) => n,
+            None => Self::read(&self.path)?.len() as u64,
+        };
+        if lines >= DROPPED_PATHS_MAX {
+            self.lines = Some(lines);
+            return Ok(false);
+        }
+        let created = matches!(ch.kind, ChangeKind::Create | ChangeKind::Rename { .. });
+        let entry = (created, ch.path.clone());
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        f.write_all(Self::line(&entry).as_bytes())
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        self.lines = Some(lines + 1);
+        if let Some(q) = &mut self.queue {
+            q.push_back(entry);
+        }
+        Ok(true)
+    }
+
+    /// Up to `n` paths (`true` when a create was dropped), each path once, and how many are left.
+    fn take(&mut self, n: usize) -> Result<(Vec<(bool, PathBuf)>, usize), String> {
+        if self.queue.is_none() {
+            let mut seen = std::collections::HashSet::new();
+            let q = Self::read(&self.path)?
+                .into_iter()
+                .filter(|(_, p)| seen.insert(p.clone()))
+                .collect();
+            self.queue = Some(q);
+        }
+        let Some(q) = &mut self.queue else {
+            return Ok((Vec::new(), 0));
+        };
+        let out: Vec<(bool, PathBuf)> = q.drain(..n.min(q.len())).collect();
+        if !out.is_empty() {
+            self.taken = true;
+        }
+        Ok((out, q.len()))
+    }
+
+    /// After the spool synced: the file keeps only the paths not yet taken (temp file, rename).
+    fn commit(&mut self) {
+        if !self.taken {
+            return;
+        }
+        let Some(q) = &self.queue else { return };
+        let result = if q.is_empty() {
+            match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                _ => Ok(()),
+            }
+        } else {
+            let text: String = q.iter().map(Self::line).collect();
+            crate::host::safe_write::write_private(&self.path, text.as_bytes())
+                .map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(()) => {
+                self.lines = Some(q.len() as u64);
+                self.taken = false;
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "Cannot shorten the list of dropped paths; they may be recorded twice.")
+            }
+        }
+    }
+
+    fn read(path: &Path) -> Result<Vec<(bool, PathBuf)>, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        use std::os::unix::ffi::OsStringExt;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let (kind, hex) = l.split_once(' ')?;
+                let bytes: Option<Vec<u8>> = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                    .collect();
+                Some((
+                    kind == "C",
+                    PathBuf::from(std::ffi::OsString::from_vec(bytes?)),
+                ))
+            })
+            .collect())
+    }
 }

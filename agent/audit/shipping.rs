@@ -104,7 +104,10 @@ pub fn to_agent_event(ev: ShipperEvent) -> AgentEvent {
             message,
         } => AgentEvent::Delivery {
             what: "batch_rejected".into(),
-            detail: format!("{code}: {message}; kept in shipper-rejected.jsonl"),
+            detail: format!(
+                "{}; kept in shipper-rejected.jsonl",
+                with_code_once(&code, &message)
+            ),
             count: events as u64,
             first_seq,
             last_seq,
@@ -129,10 +132,28 @@ pub fn to_agent_event(ev: ShipperEvent) -> AgentEvent {
     }
 }
 
+/// `code: message`, unless the message already starts with the code (the classifier's messages
+/// do: "InvalidParameterException: …").
+fn with_code_once(code: &str, message: &str) -> String {
+    if message.starts_with(code) {
+        message.to_string()
+    } else {
+        format!("{code}: {message}")
+    }
+}
+
+/// What the stop may take beyond `audit.drain_secs` (building the last request, closing the
+/// runtime) before `watch` exits without waiting any longer: 20 s + 5 s stays within the unit's
+/// `TimeoutStopSec=30`.
+pub const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The running shipper.
 pub struct Shipping {
     shutdown: tokio::sync::watch::Sender<bool>,
     thread: JoinHandle<()>,
+    /// Fires when the shipper thread is done.
+    done: Receiver<()>,
+    drain: std::time::Duration,
 }
 
 impl Shipping {
@@ -154,33 +175,52 @@ impl Shipping {
         reader: SpoolReader,
         events_tx: Sender<AgentEvent>,
     ) -> Result<Self, String> {
-        let identity = NotebookIdentity::load(root)?.ok_or_else(|| {
-            format!(
-                "{}: missing, so the log stream name ({}) cannot be made; records stay in the spool",
-                crate::host::metadata::RESOURCE_METADATA,
-                config.audit.log_stream
-            )
-        })?;
-        let cfg = ShipperConfig::from_audit(&config.audit, &identity, root.state_dir())?;
+        // Off a SageMaker notebook (a plain VM or container) there is no identity: shipping then
+        // works from the config alone when the names need none and `audit.region` is set.
+        let identity = NotebookIdentity::load(root)?;
+        let cfg = ShipperConfig::from_audit(&config.audit, identity.as_ref(), root.state_dir())?;
         // A TLS-inspecting proxy's CA is usually the one pip is given.
         let ca: Option<PathBuf> = config
             .pip
             .as_ref()
             .and_then(|p| p.cert.clone())
             .map(|c| root.path(c));
-        let settings = ClientSettings::from_config(config, Some(&identity.region), ca)?;
+        let settings =
+            ClientSettings::from_config(config, identity.as_ref().map(|i| i.region.as_str()), ca)?;
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let drain = cfg.drain_timeout;
         let thread = std::thread::Builder::new()
             .name("shipper".into())
-            .spawn(move || run(settings, cfg, reader, shutdown_rx, events_tx))
+            .spawn(move || {
+                run(settings, cfg, reader, shutdown_rx, events_tx);
+                let _ = done_tx.send(());
+            })
             .map_err(|e| format!("shipper thread: {e}"))?;
-        Ok(Self { shutdown, thread })
+        Ok(Self {
+            shutdown,
+            thread,
+            done,
+            drain,
+        })
     }
 
-    /// Drain (bounded by the shipper's drain timeout) and wait for the thread.
+    /// Drain (bounded by the shipper's drain timeout) and wait for the thread — at most the drain
+    /// window plus [`STOP_MARGIN`], whatever is in flight: past that the thread is left to the
+    /// process exit (the spool keeps everything not acknowledged).
     pub fn stop(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.thread.join();
+        match self.done.recv_timeout(self.drain + STOP_MARGIN) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = self.thread.join();
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    bound_secs = (self.drain + STOP_MARGIN).as_secs(),
+                    "The shipper did not finish within the drain window: stopping without it; what it had in flight stays in the spool."
+                );
+            }
+        }
     }
 }
 
@@ -227,4 +267,43 @@ fn run(
         );
         let _ = forward.await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 13): "InvalidParameterException: InvalidParameterException: …".
+    #[test]
+    fn a_rejected_batch_record_names_its_error_code_once() {
+        let ev = to_agent_event(ShipperEvent::BatchRejected {
+            first_seq: 1,
+            last_seq: 742,
+            events: 742,
+            code: "InvalidParameterException".into(),
+            message: "InvalidParameterException: Log event too large".into(),
+        });
+        let AgentEvent::Delivery { detail, .. } = ev else {
+            panic!("a Delivery event: {ev:?}");
+        };
+        assert_eq!(
+            detail,
+            "InvalidParameterException: Log event too large; kept in shipper-rejected.jsonl"
+        );
+        // A message without the code still gets it.
+        let ev = to_agent_event(ShipperEvent::BatchRejected {
+            first_seq: 1,
+            last_seq: 1,
+            events: 1,
+            code: "build".into(),
+            message: "missing timestamp".into(),
+        });
+        let AgentEvent::Delivery { detail, .. } = ev else {
+            panic!("a Delivery event: {ev:?}");
+        };
+        assert_eq!(
+            detail,
+            "build: missing timestamp; kept in shipper-rejected.jsonl"
+        );
+    }
 }

@@ -188,6 +188,8 @@ struct Shared {
 
 /// A running watcher. Dropping it stops it (as [`Watcher::stop`]).
 pub struct Watcher {
+    /// The inotify descriptor, for the daemon's live watch count (`/proc/self/fdinfo`).
+    inotify_fd: Option<i32>,
     tx: Sender<Msg>,
     shared: Arc<Shared>,
     processor: Option<JoinHandle<()>>,
@@ -220,6 +222,10 @@ impl Watcher {
                 None
             }
         };
+        let inotify_fd = inotify.as_ref().map(|i| {
+            use std::os::fd::{AsFd, AsRawFd};
+            i.as_fd().as_raw_fd()
+        });
         let reader = match &inotify {
             Some(ino) => {
                 let ino = Arc::clone(ino);
@@ -258,12 +264,19 @@ impl Watcher {
             .map_err(WatchError::Thread)?;
         let info = ready_rx.recv().map_err(|_| WatchError::Startup)?;
         let watcher = Watcher {
+            inotify_fd,
             tx,
             shared,
             processor: Some(processor),
             reader,
         };
         Ok((watcher, out_rx, info))
+    }
+
+    /// The inotify descriptor (None when inotify could not be initialised): the kernel's own
+    /// count of live watches is in `/proc/self/fdinfo/<fd>`.
+    pub fn inotify_fd(&self) -> Option<i32> {
+        self.inotify_fd
     }
 
     /// A copy of the in-memory tree, for the daemon to persist with [`Snapshot::save`].

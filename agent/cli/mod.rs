@@ -2,6 +2,7 @@
 //! and `run`. Errors are mapped to the documented exit codes here and nowhere else.
 
 pub mod apply;
+pub mod audit;
 pub mod revert;
 pub mod status;
 pub mod watch;
@@ -54,6 +55,8 @@ pub enum Command {
     Watch(watch::Args),
     /// Restore every file and group membership apply changed.
     Revert(revert::Args),
+    /// Operator actions on the audit's delivery (clear-rejected).
+    Audit(audit::Args),
 }
 
 impl Command {
@@ -139,6 +142,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Status(a) => status::run(&cli, a),
         Command::Watch(a) => watch::run(&cli, a),
         Command::Revert(a) => revert::run(&cli, a),
+        Command::Audit(a) => audit::run(&cli, a),
     };
     match result {
         Ok(code) => code,

@@ -66,6 +66,16 @@ pub fn run(cli: &Cli, args: &Args) -> Result<Exit, Failure> {
             Ok(s) => shipping = Some(s),
             Err(e) => {
                 tracing::error!(error = %e, "Not shipping to CloudWatch Logs; records stay in the spool.");
+                // `status` must say so (FAIL, with the reason), not report the audit healthy.
+                let state = g.root.state_dir();
+                let reason = g.config.redactor().scrub(&e);
+                if let Err(w) = crate::audit::shipper::Stats::persist_not_started(
+                    &state,
+                    &reason,
+                    crate::audit::change::now_ms(),
+                ) {
+                    tracing::warn!(error = %w, "Cannot record why shipping did not start.");
+                }
             }
         }
         Some(events_rx)

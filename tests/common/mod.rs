@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub mod watch;
 
@@ -203,7 +204,81 @@ pub fn agent(args: &[&str]) -> Output {
     for (k, v) in TEST_ENV {
         cmd.env(k, v);
     }
-    cmd.output().expect("run notebook-agent")
+    output_within(&mut cmd, COMMAND_DEADLINE)
+}
+
+/// How long one command of a test may run (an `apply` in a loaded chroot takes seconds; nothing
+/// healthy comes near this).
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(300);
+
+/// `cmd.output()` with a deadline: a command still running after `limit` is killed and the test
+/// fails naming it (a hung child must not hang the suite). stdin is /dev/null.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    // Read both pipes on threads so a chatty child never blocks on a full pipe.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out.read_to_end(&mut b);
+        b
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err.read_to_end(&mut b);
+        b
+    });
+    let until = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for a child") {
+            break s;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {limit:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // A grandchild that kept the pipes open would keep these readers going: bounded too.
+    let join = |t: std::thread::JoinHandle<Vec<u8>>, what: &str| {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !t.is_finished() {
+            assert!(
+                Instant::now() < until,
+                "{cmd:?} exited but its {what} stayed open (a child left behind?)"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t.join().expect("pipe reader")
+    };
+    let stdout = join(out_t, "stdout");
+    let stderr = join(err_t, "stderr");
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Waits for a thread with a deadline (a daemon thread that does not stop must fail the test,
+/// not hang it).
+pub fn join_within<T>(t: std::thread::JoinHandle<T>, limit: Duration, what: &str) -> T {
+    let until = Instant::now() + limit;
+    while !t.is_finished() {
+        assert!(
+            Instant::now() < until,
+            "{what}: not finished within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -231,9 +306,8 @@ impl NotebookRoot {
     pub fn new() -> Self {
         require_root("mount an overlay and chroot into it");
         let script = repo().join("vm-tests/lib/rootfs.sh");
-        let out = Command::new(&script)
-            .output()
-            .expect("run vm-tests/lib/rootfs.sh");
+        // The first run builds the rootfs with debootstrap (minutes); later ones reuse the cache.
+        let out = output_within(&mut Command::new(&script), Duration::from_secs(1200));
         assert!(
             out.status.success(),
             "building the notebook rootfs failed (run tests/setup.sh, which installs debootstrap \
@@ -296,7 +370,7 @@ impl NotebookRoot {
         for (k, v) in TEST_ENV {
             cmd.env(k, v);
         }
-        cmd.output().expect("chroot")
+        output_within(&mut cmd, COMMAND_DEADLINE)
     }
 }
 

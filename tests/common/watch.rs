@@ -104,7 +104,19 @@ impl Daemon {
 
     pub fn stop(mut self) -> Vec<Value> {
         self.signal(Signal::SIGTERM);
-        let status = self.child.wait().expect("wait");
+        // Bounded: the drain is 20 s at most (and nothing to ship here); a daemon that ignores
+        // SIGTERM fails the test (Drop kills it) instead of hanging the suite.
+        let until = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < until,
+                "watch did not exit within 60 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
         self.stopped = true;
         assert_eq!(status.code(), Some(0), "watch exits 0 on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));

@@ -1,5 +1,6 @@
 //! TEST FIXTURE: a real `moto_server` (the CloudWatch Logs emulator) on a free loopback port, from
-//! the pinned venv that `tests/moto.sh` installs, and the AWS CLI to read events back. A test that
+//! the pinned venv that `tests/moto.sh` installs; events are read back with the AWS SDK in-process
+//! (the AWS CLI of the venv only creates things where a test needs that). A test that
 //! cannot get moto FAILS with the install command; it never skips.
 
 #![allow(dead_code)]
@@ -146,7 +147,15 @@ pub fn aws_logs(port: u16, args: &[&str]) -> serde_json::Value {
         .arg(format!("http://127.0.0.1:{port}"))
         .arg("logs")
         .args(args)
-        .args(["--output", "json"])
+        // Bounded: the CLI's defaults wait 60 s per read and retry.
+        .args([
+            "--output",
+            "json",
+            "--cli-connect-timeout",
+            "5",
+            "--cli-read-timeout",
+            "30",
+        ])
         .envs(test_env())
         .output()
         .expect("run aws");
@@ -161,41 +170,138 @@ pub fn aws_logs(port: u16, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("aws printed JSON")
 }
 
-/// Every event of a stream, oldest first, paginated with `get-log-events --start-from-head`.
+/// How long one whole read-back may take before the test fails (moto sorts the stream on every
+/// page, so 100,000 events take a few seconds; a minute is far beyond any healthy read).
+pub const READ_BACK_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Events per page asked for (GetLogEvents' maximum; moto honours it and no byte limit).
+const PAGE: i32 = 10_000;
+
+/// Every event of a stream, oldest first. Panics (with what it read so far) when the group or
+/// stream does not exist, or when the read does not finish within [`READ_BACK_DEADLINE`].
 pub fn read_back(port: u16, group: &str, stream: &str) -> Vec<(i64, String)> {
     read_back_with(port, group, stream, "timestamp")
 }
 
 /// [`read_back`] pairing each message with another of the event's times (`ingestionTime`).
 pub fn read_back_with(port: u16, group: &str, stream: &str, time: &str) -> Vec<(i64, String)> {
+    try_read_back_with(port, group, stream, time)
+        .unwrap_or_else(|e| panic!("read-back of {group} / {stream} from moto on port {port}: {e}"))
+}
+
+/// [`read_back`], with a missing group or stream (and any other service error) as `Err`, e.g.
+/// for a test polling for the first arrivals. The deadline still panics.
+pub fn try_read_back(port: u16, group: &str, stream: &str) -> Result<Vec<(i64, String)>, String> {
+    try_read_back_with(port, group, stream, "timestamp")
+}
+
+/// The read-back: GetLogEvents through the AWS SDK in this process (one HTTP call per page, no
+/// process per page), `startFromHead`, following `nextForwardToken`.
+///
+/// It ends at the end of the stream *as of the call that found it*: a page shorter than
+/// [`PAGE`] (moto never cuts a page for size) or a forward token equal to the one sent. Events a
+/// writer adds after that are not waited for, so a trickle that keeps writing cannot keep the
+/// read going for ever (the livelock of the per-page `aws` process this replaced). A whole read
+/// has [`READ_BACK_DEADLINE`].
+pub fn try_read_back_with(
+    port: u16,
+    group: &str,
+    stream: &str,
+    time: &str,
+) -> Result<Vec<(i64, String)>, String> {
+    let (group, stream, time) = (group.to_string(), stream.to_string(), time.to_string());
+    // Its own thread and runtime: callers are plain tests and tokio tests alike.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("read-back runtime");
+        rt.block_on(read_back_async(port, &group, &stream, &time))
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// An SDK client for moto on `port`: static test credentials, no proxy, bounded connect and
+/// attempt. Calls need a tokio runtime.
+pub fn sdk_client(port: u16) -> aws_sdk_cloudwatchlogs::Client {
+    use aws_sdk_cloudwatchlogs::config::{BehaviorVersion, Credentials, Region};
+    let http = notebook_agent::audit::shipper::ClientSettings::new(REGION)
+        .http_client()
+        .expect("HTTP client");
+    let timeouts = aws_sdk_cloudwatchlogs::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(60))
+        .build();
+    let conf = aws_sdk_cloudwatchlogs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+        .http_client(http)
+        .timeout_config(timeouts)
+        .build();
+    aws_sdk_cloudwatchlogs::Client::from_conf(conf)
+}
+
+async fn read_back_async(
+    port: u16,
+    group: &str,
+    stream: &str,
+    time: &str,
+) -> Result<Vec<(i64, String)>, String> {
+    let client = sdk_client(port);
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + READ_BACK_DEADLINE;
     let mut out = Vec::new();
     let mut token: Option<String> = None;
+    let mut page = 0u32;
     loop {
-        let mut args = vec![
-            "get-log-events",
-            "--log-group-name",
-            group,
-            "--log-stream-name",
-            stream,
-            "--start-from-head",
-        ];
-        if let Some(t) = &token {
-            args.push("--next-token");
-            args.push(t);
-        }
-        let v = aws_logs(port, &args);
-        let events = v["events"].as_array().cloned().unwrap_or_default();
-        let next = v["nextForwardToken"].as_str().map(str::to_string);
-        let done = events.is_empty() || next.is_none() || next == token;
+        page += 1;
+        let call = client
+            .get_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .start_from_head(true)
+            .limit(PAGE)
+            .set_next_token(token.clone())
+            .send();
+        let resp = match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "GetLogEvents page {page} failed: {}",
+                    aws_sdk_cloudwatchlogs::error::DisplayErrorContext(&e)
+                ))
+            }
+            Err(_) => panic!(
+                "read-back of {group} / {stream} (moto on port {port}) not finished within {READ_BACK_DEADLINE:?}: {} events in {} pages so far",
+                out.len(),
+                page - 1
+            ),
+        };
+        let events = resp.events();
+        let n = events.len();
         for e in events {
+            let t = if time == "ingestionTime" {
+                e.ingestion_time()
+            } else {
+                e.timestamp()
+            };
             out.push((
-                e[time].as_i64().expect("event time"),
-                e["message"].as_str().expect("message").to_string(),
+                t.expect("event time"),
+                e.message().expect("message").to_string(),
             ));
         }
-        if done {
-            return out;
+        let next = resp.next_forward_token().map(str::to_string);
+        if n < PAGE as usize || next.is_none() || next == token {
+            return Ok(out);
         }
+        assert!(
+            started.elapsed() < READ_BACK_DEADLINE,
+            "read-back of {group} / {stream} (moto on port {port}) not finished within {READ_BACK_DEADLINE:?}: {} events in {page} pages so far",
+            out.len()
+        );
         token = next;
     }
 }

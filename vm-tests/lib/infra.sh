@@ -200,7 +200,8 @@ infra_moto_stop() { _infra_stop moto; }
 infra_aws() {
   env -i PATH=/usr/bin:/bin HOME="$INFRA_STATE" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
     AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \
-    "$INFRA_MOTO_BIN/aws" --endpoint-url "http://$INFRA_HOST_ADDR:$INFRA_MOTO_PORT" "$@"
+    "$INFRA_MOTO_BIN/aws" --cli-connect-timeout 5 --cli-read-timeout 30 \
+    --endpoint-url "http://$INFRA_HOST_ADDR:$INFRA_MOTO_PORT" "$@"
 }
 
 _infra_squid_conf() {

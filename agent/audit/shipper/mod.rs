@@ -41,7 +41,7 @@ use tracing::{debug, error, info, warn};
 
 pub use batch::{Limits, Record};
 pub use client::{build_client, ClientSettings};
-pub use stats::{Backlog, Stats};
+pub use stats::{Backlog, OperatorWait, Stats};
 
 use crate::audit::change::now_ms;
 use crate::config::AuditConfig;
@@ -146,15 +146,16 @@ impl ShipperConfig {
     }
 
     /// From `audit` with the templates rendered for this notebook.
+    /// `identity` is None off a SageMaker notebook: fixed names only.
     pub fn from_audit(
         audit: &AuditConfig,
-        identity: &NotebookIdentity,
+        identity: Option<&NotebookIdentity>,
         state_dir: PathBuf,
     ) -> Result<Self, String> {
-        let group = render_template(&audit.log_group, identity)
+        let group = render_template_for(&audit.log_group, identity)
             .map_err(|e| format!("audit.log_group: {e}"))?;
         check_group_name(&group).map_err(|e| format!("audit.log_group: {e}"))?;
-        let stream = render_template(&audit.log_stream, identity)
+        let stream = render_template_for(&audit.log_stream, identity)
             .map_err(|e| format!("audit.log_stream: {e}"))?;
         check_stream_name(&stream).map_err(|e| format!("audit.log_stream: {e}"))?;
         let mut c = Self::new(group, stream, state_dir);
@@ -169,6 +170,16 @@ impl ShipperConfig {
 
 /// Renders `{notebook}`, `{region}` and `{account}`; any other `{...}` is an error.
 pub fn render_template(template: &str, identity: &NotebookIdentity) -> Result<String, String> {
+    render_template_for(template, Some(identity))
+}
+
+/// [`render_template`] where the notebook's identity may be unknown (no
+/// `/opt/ml/metadata/resource-metadata.json`: a plain VM or container): a template without
+/// placeholders renders as it is, one with a placeholder is an error that says so.
+pub fn render_template_for(
+    template: &str,
+    identity: Option<&NotebookIdentity>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(template.len() + 32);
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -177,10 +188,18 @@ pub fn render_template(template: &str, identity: &NotebookIdentity) -> Result<St
         let close = after
             .find('}')
             .ok_or_else(|| format!("unclosed '{{' in {template:?}"))?;
+        let known = |f: fn(&NotebookIdentity) -> &str, name: &str| {
+            identity.map(|i| f(i).to_string()).ok_or_else(|| {
+                format!(
+                    "{{{name}}} in {template:?} needs the notebook's identity, but {} is missing; use a fixed name on a host that is not a SageMaker notebook",
+                    crate::host::metadata::RESOURCE_METADATA
+                )
+            })
+        };
         match &after[..close] {
-            "notebook" => out.push_str(&identity.name),
-            "region" => out.push_str(&identity.region),
-            "account" => out.push_str(&identity.account),
+            "notebook" => out.push_str(&known(|i| &i.name, "notebook")?),
+            "region" => out.push_str(&known(|i| &i.region, "region")?),
+            "account" => out.push_str(&known(|i| &i.account, "account")?),
             other => {
                 return Err(format!(
                     "unknown placeholder {{{other}}} in {template:?} (known: {{notebook}}, {{region}}, {{account}})"
@@ -413,6 +432,24 @@ impl<S: SpoolSource> Shipper<S> {
         }
     }
 
+    /// `status` shows FAIL while the operator must act; any other outcome ends the episode.
+    fn note_operator_wait(&mut self, c: &Classified) {
+        if c.action != Action::Wait {
+            // A transient error in between does not mean the operator fixed anything.
+            return;
+        }
+        match &mut self.stats.waiting_for_operator {
+            Some(w) if w.code == c.code => w.message = c.message.clone(),
+            _ => {
+                self.stats.waiting_for_operator = Some(OperatorWait {
+                    code: c.code.clone(),
+                    since_ms: now_ms(),
+                    message: c.message.clone(),
+                })
+            }
+        }
+    }
+
     fn note_error(&mut self, message: &str) {
         self.stats.last_error = Some(message.to_string());
         self.stats.last_error_ms = Some(now_ms());
@@ -601,13 +638,7 @@ impl<S: SpoolSource> Shipper<S> {
                 .log_stream_name(&self.cfg.log_stream)
                 .set_log_events(Some(events.clone()))
                 .send();
-            let result = match self.deadline {
-                Some(d) => match tokio::time::timeout_at(d, send).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(Interrupted),
-                },
-                None => send.await,
-            };
+            let result = self.bounded(send).await?;
             let c = match result {
                 Ok(out) => {
                     self.accepted(b, out.rejected_log_events_info());
@@ -631,7 +662,7 @@ impl<S: SpoolSource> Shipper<S> {
                         stream = %self.cfg.log_stream,
                         "Log stream or group missing: creating it."
                     );
-                    if let Err(c) = self.create_destination().await {
+                    if let Err(c) = self.create_destination().await? {
                         self.back_off(&c).await;
                     }
                 }
@@ -646,6 +677,30 @@ impl<S: SpoolSource> Shipper<S> {
         }
     }
 
+    /// Awaits one CloudWatch call, bounded by the drain: a shutdown signal that arrives while the
+    /// call is in flight starts the drain window, and the call is dropped (cancelled) when the
+    /// window ends — an endpoint that never answers cannot hold the stop for the SDK's read
+    /// timeout on top of `drain_secs`. What was in flight stays unacknowledged in the spool.
+    async fn bounded<F: std::future::Future>(&mut self, call: F) -> Result<F::Output, Interrupted> {
+        tokio::pin!(call);
+        loop {
+            if let Some(d) = self.deadline {
+                return tokio::time::timeout_at(d, &mut call)
+                    .await
+                    .map_err(|_| Interrupted);
+            }
+            tokio::select! {
+                out = &mut call => return Ok(out),
+                changed = self.shutdown.changed() => {
+                    // A dropped sender means nobody can signal any more: treat as shutdown.
+                    if changed.is_err() || *self.shutdown.borrow() {
+                        self.start_drain();
+                    }
+                }
+            }
+        }
+    }
+
     async fn back_off(&mut self, c: &Classified) {
         let delay = match c.action {
             Action::Wait => self.backoff.at_cap(),
@@ -654,6 +709,7 @@ impl<S: SpoolSource> Shipper<S> {
         self.stats.retried += 1;
         let attempt = self.backoff.attempts();
         self.log_failure(c, attempt, delay);
+        self.note_operator_wait(c);
         // `status` reads the counters: a wait that runs past the next scheduled write (an
         // operator error waits 15-30 s) must not hide the error and the retry for its length.
         if Instant::now() + delay >= self.next_persist {
@@ -709,6 +765,7 @@ impl<S: SpoolSource> Shipper<S> {
         self.stats.shipped += (n - rejected.len()) as u64;
         self.stats.batches += 1;
         self.stats.last_success_ms = Some(now_ms());
+        self.stats.waiting_for_operator = None;
         if self.last_logged.take().is_some() {
             info!(
                 attempts = self.backoff.attempts(),
@@ -748,10 +805,11 @@ impl<S: SpoolSource> Shipper<S> {
 
     /// CreateLogStream; when the group is the missing one, CreateLogGroup (KMS key, retention)
     /// first. ResourceAlreadyExists is success either way.
-    async fn create_destination(&mut self) -> Result<(), Classified> {
-        match self.create_stream().await {
-            Ok(()) => return Ok(()),
-            Err(c) if c.action != Action::CreateDestination => return Err(c),
+    /// The outer `Err` is the drain window ending during a call.
+    async fn create_destination(&mut self) -> Result<Result<(), Classified>, Interrupted> {
+        match self.create_stream().await? {
+            Ok(()) => return Ok(Ok(())),
+            Err(c) if c.action != Action::CreateDestination => return Ok(Err(c)),
             Err(_) => {}
         }
         let mut req = self
@@ -761,7 +819,7 @@ impl<S: SpoolSource> Shipper<S> {
         if let Some(k) = &self.cfg.kms_key_id {
             req = req.kms_key_id(k);
         }
-        match req.send().await {
+        match self.bounded(req.send()).await? {
             Ok(_) => {
                 info!(group = %self.cfg.log_group, kms = self.cfg.kms_key_id.is_some(), "Created the log group.");
                 self.stats.created += 1;
@@ -770,13 +828,13 @@ impl<S: SpoolSource> Shipper<S> {
                     stream: false,
                 });
                 if let Some(days) = self.cfg.retention_days {
-                    let r = self
+                    let call = self
                         .client
                         .put_retention_policy()
                         .log_group_name(&self.cfg.log_group)
                         .retention_in_days(days as i32)
-                        .send()
-                        .await;
+                        .send();
+                    let r = self.bounded(call).await?;
                     if let Err(e) = r {
                         let c = retry::classify(&e);
                         warn!(days, error = %c.message, "Cannot set the log group's retention.");
@@ -786,22 +844,22 @@ impl<S: SpoolSource> Shipper<S> {
             Err(e) => {
                 let c = retry::classify(&e);
                 if c.code != "ResourceAlreadyExistsException" {
-                    return Err(as_config_problem(c));
+                    return Ok(Err(as_config_problem(c)));
                 }
             }
         }
         self.create_stream().await
     }
 
-    async fn create_stream(&mut self) -> Result<(), Classified> {
-        let r = self
+    async fn create_stream(&mut self) -> Result<Result<(), Classified>, Interrupted> {
+        let call = self
             .client
             .create_log_stream()
             .log_group_name(&self.cfg.log_group)
             .log_stream_name(&self.cfg.log_stream)
-            .send()
-            .await;
-        match r {
+            .send();
+        let r = self.bounded(call).await?;
+        Ok(match r {
             Ok(_) => {
                 info!(stream = %self.cfg.log_stream, "Created the log stream.");
                 self.stats.created += 1;
@@ -821,7 +879,7 @@ impl<S: SpoolSource> Shipper<S> {
                     Err(as_config_problem(c))
                 }
             }
-        }
+        })
     }
 }
 
@@ -961,8 +1019,9 @@ mod tests {
 
     #[test]
     fn default_destination() {
-        let c = ShipperConfig::from_audit(&AuditConfig::default(), &identity(), "/tmp/s".into())
-            .expect("config");
+        let c =
+            ShipperConfig::from_audit(&AuditConfig::default(), Some(&identity()), "/tmp/s".into())
+                .expect("config");
         assert_eq!(c.log_group, "/aws/sagemaker/NotebookInstances");
         assert_eq!(c.log_stream, "nb-1/audit");
         assert_eq!(c.flush, Duration::from_millis(1000));
@@ -971,9 +1030,29 @@ mod tests {
             ..AuditConfig::default()
         };
         assert!(
-            ShipperConfig::from_audit(&bad, &identity(), "/tmp/s".into())
+            ShipperConfig::from_audit(&bad, Some(&identity()), "/tmp/s".into())
                 .expect_err("colon")
                 .contains("audit.log_stream")
+        );
+    }
+
+    /// Regression (issue 13): shipping needed resource-metadata.json even for a fixed stream name.
+    #[test]
+    fn a_fixed_destination_needs_no_notebook_identity() {
+        let fixed = AuditConfig {
+            log_stream: "lab-vm-1/audit".into(),
+            ..AuditConfig::default()
+        };
+        let c = ShipperConfig::from_audit(&fixed, None, "/tmp/s".into()).expect("config alone");
+        assert_eq!(
+            (c.log_group.as_str(), c.log_stream.as_str()),
+            ("/aws/sagemaker/NotebookInstances", "lab-vm-1/audit")
+        );
+        let e = ShipperConfig::from_audit(&AuditConfig::default(), None, "/tmp/s".into())
+            .expect_err("{notebook} without an identity");
+        assert!(
+            e.contains("audit.log_stream") && e.contains("resource-metadata.json"),
+            "{e}"
         );
     }
 

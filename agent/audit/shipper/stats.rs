@@ -37,8 +37,28 @@ pub struct Stats {
     /// From the spool, when it reports them: bytes not yet shipped, age of the oldest.
     pub spool_bytes: Option<u64>,
     pub oldest_unshipped_ms: Option<i64>,
+    /// Set while CloudWatch refuses the agent for a reason only the operator can fix
+    /// (credentials, permissions, KMS): nothing is delivered until then. Cleared by the next
+    /// accepted batch.
+    #[serde(default)]
+    pub waiting_for_operator: Option<OperatorWait>,
+    /// Why shipping could not start at all in this run (no region, a template that needs the
+    /// notebook's identity, a bad CA bundle, …). Written by `watch` instead of the counters.
+    #[serde(default)]
+    pub not_started: Option<String>,
     /// When this file was written.
     pub updated_ms: i64,
+}
+
+/// CloudWatch refuses the agent until the operator acts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorWait {
+    /// The error code (`AccessDeniedException`, `credentials`, `KMSInvalidStateException`, …).
+    pub code: String,
+    /// The first refusal of this episode.
+    pub since_ms: i64,
+    /// The operator's line: what failed and what to change.
+    pub message: String,
 }
 
 /// What the spool knows about its backlog (the hook for `spool bytes` and `oldest unshipped`).
@@ -84,6 +104,21 @@ impl Stats {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         }
+    }
+
+    /// Records that shipping could not start (replaces any counters of an earlier run: none of
+    /// them describe this one).
+    pub fn persist_not_started(state_dir: &Path, reason: &str, now_ms: i64) -> Result<(), String> {
+        let previous = Self::load(state_dir).ok().flatten().unwrap_or_default();
+        Self {
+            // What status compares over time survives, as with a shipper that starts.
+            last_success_ms: previous.last_success_ms,
+            acked_seq: previous.acked_seq,
+            not_started: Some(reason.to_string()),
+            updated_ms: now_ms,
+            ..Self::default()
+        }
+        .persist(state_dir)
     }
 
     pub fn apply_backlog(&mut self, backlog: Backlog) {
