@@ -16,4 +16,5 @@ pub mod shipper;
 pub mod shipping;
 pub mod snapshot;
 pub mod spool;
+pub mod tree;
 pub mod watcher;
