@@ -852,10 +852,13 @@ impl Tree {
         if self.cache_bytes + incoming <= budget {
             return;
         }
+        // The most recently used directory stays: it is the one being worked on (and may alone
+        // be larger than the budget).
+        let mru = self.tick;
         let mut clean: Vec<(u64, u64)> = self
             .cache
             .iter()
-            .filter(|(_, c)| !c.dirty)
+            .filter(|(_, c)| !c.dirty && c.used != mru)
             .map(|(id, c)| (c.used, *id))
             .collect();
         clean.sort_unstable();
@@ -904,8 +907,16 @@ impl Tree {
 
     /// Dirty directory contents (held in memory until the next checkpoint) exceed the cache
     /// budget: checkpoint soon, whatever the timer says.
+    /// One dirty directory larger than the budget does not count: checkpointing cannot free it
+    /// (it is dirty again at its next change), and re-encoding it after every change would make a
+    /// burst into one large directory quadratic.
     pub fn wants_checkpoint(&self) -> bool {
-        self.dirty_bytes > self.opts.cache_bytes
+        self.dirty_bytes > self.opts.cache_bytes && self.dirty.len() > 1
+    }
+
+    /// The number of the last checkpoint written (committed or not).
+    pub fn last_checkpoint(&self) -> u64 {
+        self.checkpoint
     }
 
     /// The last number [`Tree::commit`] made durable.
