@@ -204,8 +204,8 @@ fn kill_9_loses_nothing_spooled_and_the_restart_reports_what_changed_while_down(
     for i in 0..200 {
         std::fs::write(sm.join(format!("f{i}.txt")), format!("{i}")).expect("write");
     }
-    // The spool syncs at least every 100 ms and, after changes, the snapshot follows within 2 s:
-    // give the pipeline time for both.
+    // The spool syncs at least every 100 ms and, after changes, the watch tree is checkpointed
+    // within 500 ms and committed once the spool has it: give the pipeline time for both.
     std::thread::sleep(Duration::from_millis(3500));
     d.signal(Signal::SIGKILL);
     let mut d = d;
@@ -245,7 +245,7 @@ fn kill_9_loses_nothing_spooled_and_the_restart_reports_what_changed_while_down(
             1,
             "f{i}.txt created live"
         );
-        // The snapshot followed the spool before the kill: no second report at catch-up.
+        // The tree followed the spool before the kill: no second report at catch-up.
         assert_eq!(
             has(1, &format!("f{i}.txt"), "catch_up"),
             0,
@@ -416,7 +416,7 @@ fn a_full_spool_counts_its_drops_and_records_them_when_room_returns() {
 }
 
 #[test]
-fn deleting_the_snapshot_or_a_spool_segment_is_recorded_as_tampering() {
+fn deleting_the_watch_tree_is_recorded_as_tampering() {
     let t = TempRoot::amazon_linux();
     t.write("etc/notebook-agent/config.json", NO_SHIPPING, 0o600);
     let sm = t.join(SM);
@@ -425,7 +425,7 @@ fn deleting_the_snapshot_or_a_spool_segment_is_recorded_as_tampering() {
     std::fs::write(sm.join("a.txt"), "x").expect("write");
     std::thread::sleep(Duration::from_millis(800));
     let _ = d.stop();
-    std::fs::remove_file(spool_dir.join("watch.snapshot")).expect("rm snapshot");
+    std::fs::remove_file(spool_dir.join("watch.tree")).expect("rm tree");
     let d = Daemon::start(&t, false);
     std::thread::sleep(Duration::from_millis(800));
     let _ = d.stop();
@@ -433,9 +433,61 @@ fn deleting_the_snapshot_or_a_spool_segment_is_recorded_as_tampering() {
     let tamper: Vec<String> = records
         .iter()
         .map(|(_, r)| r.to_string())
-        .filter(|r| r.contains("tampered") && r.contains("watch snapshot missing"))
+        .filter(|r| r.contains("tampered") && r.contains("watch tree missing"))
         .collect();
     assert_eq!(tamper.len(), 1, "{records:#?}");
+}
+
+/// An agent updated from the snapshot format: its `watch.snapshot` is the catch-up baseline once,
+/// becomes the watch tree and is removed; nothing it knew is reported again.
+#[test]
+fn an_old_watch_snapshot_is_migrated_once_into_the_watch_tree() {
+    use notebook_agent::audit::snapshot::Snapshot;
+    use notebook_agent::audit::tree::{Tree, TreeOptions};
+    let t = TempRoot::amazon_linux();
+    t.write("etc/notebook-agent/config.json", NO_SHIPPING, 0o600);
+    let sm = t.join(SM);
+    let spool_dir = sm.join(".notebook-agent");
+    let d = Daemon::start(&t, false);
+    std::fs::write(sm.join("known.txt"), "x").expect("write");
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = d.stop();
+    // What an older agent would have left: the same knowledge as a snapshot, no tree.
+    let mut snap = Snapshot::default();
+    {
+        let (mut tree, _) = Tree::open(&spool_dir, TreeOptions::default()).expect("open tree");
+        tree.visit(Path::new("/"), &mut |p, f| {
+            snap.entries.insert(p.to_path_buf(), f.clone());
+        });
+    }
+    assert!(snap.entries.contains_key(&sm.join("known.txt")));
+    snap.save(&spool_dir).expect("save snapshot");
+    std::fs::remove_file(spool_dir.join("watch.tree")).expect("rm tree");
+    std::fs::write(sm.join("while-down.txt"), "y").expect("write");
+
+    let d = Daemon::start(&t, false);
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = d.stop();
+    assert!(
+        !spool_dir.join("watch.snapshot").exists(),
+        "snapshot removed"
+    );
+    assert!(spool_dir.join("watch.tree").exists(), "tree written");
+    let records = read_spool(&spool_dir);
+    let count = |rel: &str, src: &str| {
+        records
+            .iter()
+            .filter(|(_, r)| is_file_event(r, 1, rel, &sm) && source(r) == src)
+            .count()
+    };
+    assert_eq!(count("while-down.txt", "catch_up"), 1, "{records:#?}");
+    assert_eq!(count("known.txt", "catch_up"), 0, "known before: not again");
+    assert!(
+        !records
+            .iter()
+            .any(|(_, r)| r.to_string().contains("tampered")),
+        "{records:#?}"
+    );
 }
 
 #[test]

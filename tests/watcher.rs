@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use notebook_agent::audit::change::{AgentEvent, ChangeKind, FileKind, FsChange, Source};
 use notebook_agent::audit::queue::Receiver;
 use notebook_agent::audit::snapshot::{catch_up, Snapshot};
-use notebook_agent::audit::watcher::{Output, StartInfo, WatchConfig, Watcher};
+use notebook_agent::audit::tree::{Tree, TreeOptions};
+use notebook_agent::audit::watcher::{Baseline, Output, StartInfo, WatchConfig, Watcher};
 
 const QUIET: Duration = Duration::from_millis(400);
 
@@ -70,7 +71,7 @@ fn changes(outs: &[Output]) -> Vec<FsChange> {
     outs.iter()
         .filter_map(|o| match o {
             Output::Change(c) => Some(c.as_ref().clone()),
-            Output::Agent(_) | Output::Snapshot(_) => None,
+            Output::Agent(_) | Output::Checkpoint(_) => None,
         })
         .collect()
 }
@@ -103,7 +104,7 @@ fn agent_events(outs: &[Output]) -> Vec<AgentEvent> {
     outs.iter()
         .filter_map(|o| match o {
             Output::Agent(a) => Some((**a).clone()),
-            Output::Change(_) | Output::Snapshot(_) => None,
+            Output::Change(_) | Output::Checkpoint(_) => None,
         })
         .collect()
 }
@@ -428,7 +429,7 @@ fn hostile_names_fifo_and_symlink_to_shadow() {
     assert!(!state
         .iter()
         .any(|p| p.starts_with(fx.root.join("etc-link")) && p != &fx.root.join("etc-link")));
-    // A hostile name survives a restart through the snapshot.
+    // A hostile name survives the tree's records and the legacy snapshot encoding.
     let snap = w.snapshot().expect("snapshot");
     let enc = snap.encode();
     assert_eq!(Snapshot::decode(&enc).expect("decode"), snap);
@@ -739,10 +740,20 @@ fn snapshot_catch_up_reports_changes_made_while_down() {
     for n in ["keep", "edit", "chmod", "remove", "move-me", "dir/inner"] {
         std::fs::write(fx.root.join(n), b"v1").expect("write");
     }
-    let (w, _rx, _) = start(config(&fx.root));
     let spool = fx.outside.join("spool");
     std::fs::create_dir(&spool).expect("mkdir spool");
-    w.snapshot().expect("snapshot").save(&spool).expect("save");
+    let (tree, report) = Tree::open(&spool, TreeOptions::default()).expect("open tree");
+    assert!(report.created);
+    let (w, _rx, _) = Watcher::start(
+        config(&fx.root),
+        Some(Baseline {
+            tree,
+            catch_up: false,
+        }),
+    )
+    .expect("start");
+    let baseline = w.snapshot().expect("snapshot");
+    // Without a consumer acknowledging checkpoints the watcher commits its tree by itself.
     w.stop();
 
     // While down:
@@ -758,9 +769,17 @@ fn snapshot_catch_up_reports_changes_made_while_down() {
     std::fs::rename(fx.root.join("dir"), fx.root.join("dir2")).expect("mv dir");
     std::fs::write(fx.root.join("new"), b"n").expect("new");
 
-    let (baseline, problem) = Snapshot::load(&spool).into_parts();
-    assert!(problem.is_none());
-    let (w, rx, info) = Watcher::start(config(&fx.root), Some(baseline.clone())).expect("restart");
+    let (tree, report) = Tree::open(&spool, TreeOptions::default()).expect("reopen tree");
+    assert!(!report.created && !report.suspicious(), "{report:?}");
+    assert_eq!(report.entries, baseline.len() as u64);
+    let (w, rx, info) = Watcher::start(
+        config(&fx.root),
+        Some(Baseline {
+            tree,
+            catch_up: true,
+        }),
+    )
+    .expect("restart");
     let outs = drain(&rx);
     assert!(changes(&outs).iter().all(|c| c.source == Source::CatchUp));
     assert_eq!(
@@ -783,6 +802,19 @@ fn snapshot_catch_up_reports_changes_made_while_down() {
     // After catch-up the watcher is live as usual.
     std::fs::write(fx.root.join("dir2/inner2"), b"x").expect("write");
     assert_eq!(summary(&fx.root, &drain(&rx)), s(&["create dir2/inner2"]));
+    w.stop();
+
+    // The same catch-up from an old snapshot (what a migration reads once).
+    baseline.save(&spool).expect("save");
+    let (old, problem) = Snapshot::load(&spool).into_parts();
+    assert!(problem.is_none());
+    let (w, rx, info) = Watcher::start(
+        config(&fx.root),
+        Some(Baseline::from_snapshot(&old).expect("baseline")),
+    )
+    .expect("restart from a snapshot");
+    assert_eq!(info.catch_up_changes, 7, "the six above and inner2");
+    drop(drain(&rx));
     w.stop();
 
     // A corrupt snapshot is treated as empty and reported.

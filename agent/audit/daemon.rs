@@ -1,13 +1,13 @@
 //! The resident half of the agent: `notebook-agent watch` runs the pipeline
-//! watcher → hash → OCSF → spool (or stdout), keeps the watch snapshot on the persistent volume for
+//! watcher → hash → OCSF → spool (or stdout), keeps the watch tree on the persistent volume for
 //! catch-up, and stops cleanly on SIGTERM.
 //!
 //! Ordering and durability: one thread (this one) owns the spool writer. Changes go through the
-//! hasher, which returns them in submission order; agent events and snapshots wait in the same
-//! queue behind the changes received before them, so the spool holds everything in the order the
-//! watcher produced it. A snapshot is saved only after every change before it was written *and*
-//! the spool synced: a crash can make the next start report a change twice (catch-up against an
-//! older snapshot), never lose one.
+//! hasher, which returns them in submission order; agent events and tree checkpoints wait in the
+//! same queue behind the changes received before them, so the spool holds everything in the order
+//! the watcher produced it. A checkpoint of the watch tree is acknowledged (and only then committed
+//! by the watcher) after every change before it was written *and* the spool synced: a crash can
+//! make the next start report a change twice (catch-up against an older tree), never lose one.
 //!
 //! Signals: SIGTERM, SIGINT and SIGHUP are blocked in every thread and taken by one thread with
 //! `sigwait`, which sets the stop flag; the loop below polls it at least every 100 ms.
@@ -28,8 +28,9 @@ use super::hash::{HashConfig, HashInput, HashOutput, Hasher, TrySubmitError};
 use super::ocsf::{self, Context as OcsfContext};
 use super::queue;
 use super::snapshot::{Loaded, Snapshot};
-use super::spool::{self, Appended, SpoolOptions, SpoolReader, SpoolWriter};
-use super::watcher::{Output, WatchConfig, Watcher};
+use super::spool::{self, Appended, OpenReport, SpoolOptions, SpoolReader, SpoolWriter};
+use super::tree::{Tree, TreeOptions};
+use super::watcher::{Baseline, CheckpointAcks, Output, WatchConfig, Watcher};
 use crate::config::ValidConfig;
 use crate::host::metadata::NotebookIdentity;
 use crate::host::{Root, UserDb};
@@ -49,8 +50,6 @@ pub struct Options {
     pub spool: SpoolOptions,
     pub spool_dir: PathBuf,
     pub state_dir: PathBuf,
-    /// How often the watch snapshot is persisted (and at stop).
-    pub snapshot_every: Duration,
     /// How often `daemon.json` is rewritten.
     pub report_every: Duration,
 }
@@ -78,8 +77,10 @@ impl Options {
         };
         let spool = SpoolOptions {
             max_bytes: config.audit.spool_max_bytes,
-            // The watch snapshot lives beside the spool, on the same persistent volume.
+            // The watch tree lives beside the spool, on the same persistent volume (and an old
+            // watch snapshot until it was migrated), with the paths of changes the full spool dropped.
             companions: vec![
+                super::tree::FILE.to_string(),
                 super::snapshot::SNAPSHOT_FILE.to_string(),
                 DROPPED_PATHS_FILE.to_string(),
             ],
@@ -92,7 +93,6 @@ impl Options {
             spool,
             spool_dir,
             state_dir: root.state_dir(),
-            snapshot_every: Duration::from_secs(30),
             report_every: Duration::from_secs(5),
         }
     }
@@ -206,7 +206,8 @@ enum Item {
     /// The next change out of the hasher.
     Hashed,
     Agent(AgentEvent, i64),
-    Snapshot(Vec<u8>),
+    /// A checkpoint of the watch tree: acknowledged once everything before it is durable.
+    Checkpoint(u64),
 }
 
 /// The running pipeline's state on this thread.
@@ -228,11 +229,10 @@ struct Pipeline {
     spool_cap: u64,
     /// The watcher's inotify descriptor, for the live watch count.
     inotify_fd: Option<i32>,
-    /// `events_written` when the last snapshot was requested, and what saving one costs: the
-    /// snapshot follows the tree closely (a change made after it and undone while the agent is
-    /// down cannot be seen by catch-up) without costing more than a tenth of the time.
-    written_at_snapshot: u64,
-    snapshot_cost: Duration,
+    /// Acknowledges watch tree checkpoints (none on stdout: nothing is persisted).
+    acks: Option<CheckpointAcks>,
+    /// The highest checkpoint durable here but not yet taken by the watcher (its queue was full).
+    unacked: Option<u64>,
 }
 
 impl Pipeline {
@@ -352,9 +352,9 @@ impl Pipeline {
                         self.write_agent(&ev, t)?;
                     }
                 }
-                Some(Item::Snapshot(_)) => {
-                    if let Some(Item::Snapshot(snap)) = self.order.pop_front() {
-                        self.persist(&snap)?;
+                Some(Item::Checkpoint(_)) => {
+                    if let Some(Item::Checkpoint(n)) = self.order.pop_front() {
+                        self.persist(n)?;
                     }
                 }
             }
@@ -379,27 +379,29 @@ impl Pipeline {
         }
     }
 
-    /// Sync, then save the snapshot: it never gets ahead of the spool.
-    fn persist(&mut self, snap: &[u8]) -> Result<(), String> {
-        let Some(dir) = self.persist_dir.clone() else {
+    /// Sync, then acknowledge the checkpoint: the watch tree never gets ahead of the spool.
+    fn persist(&mut self, n: u64) -> Result<(), String> {
+        if self.persist_dir.is_none() || self.acks.is_none() {
             return Ok(());
-        };
+        }
         self.sink.sync()?;
         if let Some(list) = &mut self.dropped {
             list.commit();
         }
-        let started = Instant::now();
-        let saved = super::snapshot::save_encoded(snap, &dir);
-        self.snapshot_cost = started.elapsed();
-        match saved {
-            Ok(path) => {
-                tracing::debug!(path = %path.display(), bytes = snap.len(), "Saved the watch snapshot.")
-            }
-            Err(e) => {
-                tracing::error!(dir = %dir.display(), error = %e, "Cannot save the watch snapshot; the next start may report changes twice.")
+        self.unacked = Some(self.unacked.map_or(n, |u| u.max(n)));
+        self.retry_ack();
+        Ok(())
+    }
+
+    /// Hand the watcher the acknowledgement it could not take yet (never blocks: the watcher may
+    /// itself be waiting for this thread to drain its output).
+    fn retry_ack(&mut self) {
+        if let (Some(n), Some(acks)) = (self.unacked, &self.acks) {
+            if acks.ack(n) {
+                tracing::trace!(checkpoint = n, "Acknowledged a watch tree checkpoint.");
+                self.unacked = None;
             }
         }
-        Ok(())
     }
 
     /// A drop episode that ended becomes one "spool full" event, kept in `daemon.json` with the
@@ -663,28 +665,15 @@ pub fn run(
             }
         }
         extra = ship(reader);
-        // The snapshot: a missing one on the very first start (nothing spooled yet) means no
-        // baseline; missing afterwards, or corrupt, is tampering and everything is reported.
-        let (baseline, tamper) = match Snapshot::load(&opts.spool_dir) {
-            Loaded::Missing if report.created || report.next_seq <= 1 => (None, None),
-            Loaded::Missing => (
-                Some(Snapshot::default()),
-                Some(AgentEvent::SpoolTamper {
-                    path: opts.spool_dir.join(super::snapshot::SNAPSHOT_FILE),
-                    what: "watch snapshot missing although the spool has records; every file is reported as created".to_string(),
-                }),
-            ),
-            other => {
-                let (s, t) = other.into_parts();
-                (Some(s), t)
-            }
-        };
+        let (baseline, tamper) = open_tree(&opts.spool_dir, &report)?;
         startup_events.extend(tamper);
         (Sink::Spool(writer), baseline, Some(opts.spool_dir.clone()))
     };
 
     let (watcher, out_rx, info) =
         Watcher::start(opts.watch.clone(), baseline).map_err(|e| format!("watch: {e}"))?;
+    // On stdout nothing is persisted: the watcher commits its (anonymous) tree by itself.
+    let acks = persist_dir.as_ref().map(|_| watcher.checkpoint_acks());
     let (hash_in, hash_out) =
         Hasher::spawn(opts.hash.clone()).map_err(|e| format!("hasher thread: {e}"))?;
     tracing::info!(
@@ -719,8 +708,8 @@ pub fn run(
             .is_some_and(|d| DroppedPaths::new(d).exists()),
         spool_cap: opts.spool.max_bytes,
         inotify_fd: watcher.inotify_fd(),
-        written_at_snapshot: 0,
-        snapshot_cost: Duration::ZERO,
+        acks,
+        unacked: None,
     };
     p.agent(AgentEvent::Started {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -746,7 +735,8 @@ pub fn run(
         }
     }
 
-    // The watcher has flushed and sent its last snapshot; finish the hashes and write everything.
+    // The watcher has flushed and its last checkpoint was acknowledged; finish the hashes and
+    // write everything.
     p.hash_in = None;
     while !p.order.is_empty() {
         p.collect();
@@ -797,10 +787,6 @@ fn pump(
 ) -> Result<Option<std::thread::JoinHandle<()>>, String> {
     let mut watcher = Some(watcher);
     let mut stopper = None;
-    // The first snapshot right away: the tree as this start found it, so a crash before the
-    // first periodic save still has a baseline for the next catch-up.
-    let mut next_snapshot = Instant::now();
-    let mut last_snapshot = Instant::now();
     let mut next_report = Instant::now() + opts.report_every;
     loop {
         if stopper.is_none() && stop.load(Ordering::SeqCst) {
@@ -827,7 +813,7 @@ fn pump(
                     match o {
                         Output::Change(ch) => p.submit(*ch)?,
                         Output::Agent(ev) => p.agent(*ev),
-                        Output::Snapshot(s) => p.order.push_back(Item::Snapshot(s)),
+                        Output::Checkpoint(n) => p.order.push_back(Item::Checkpoint(n)),
                     }
                     next = out_rx.try_recv().ok();
                 }
@@ -835,7 +821,7 @@ fn pump(
                     match o {
                         Output::Change(ch) => p.submit(*ch)?,
                         Output::Agent(ev) => p.agent(*ev),
-                        Output::Snapshot(s) => p.order.push_back(Item::Snapshot(s)),
+                        Output::Checkpoint(n) => p.order.push_back(Item::Checkpoint(n)),
                     }
                 }
             }
@@ -854,20 +840,8 @@ fn pump(
         if p.sink.is_dirty() {
             p.sink.sync()?;
         }
+        p.retry_ack();
         let now = Instant::now();
-        // Every `snapshot_every` in any case; after 2 s (or ten times what saving costs) when
-        // something was written since the last one.
-        let changed = p.report.events_written != p.written_at_snapshot;
-        let soon = (p.snapshot_cost * 10).max(Duration::from_secs(2));
-        if now >= next_snapshot || (changed && now >= last_snapshot + soon) {
-            if let Some(w) = &watcher {
-                if w.request_snapshot() {
-                    next_snapshot = now + opts.snapshot_every;
-                    last_snapshot = now;
-                    p.written_at_snapshot = p.report.events_written;
-                }
-            }
-        }
         if now >= next_report {
             // (Not `Watcher::stats`: it waits for the watcher thread, which may itself be waiting
             // for this one to drain its output.)
@@ -1031,4 +1005,75 @@ impl DroppedPaths {
             })
             .collect())
     }
+}
+
+/// The watch tree beside the spool, and what to report about it. A missing tree on the very first
+/// start (nothing spooled yet) means no catch-up; an old `watch.snapshot` is read once as the
+/// catch-up baseline, converted into the tree and removed; a tree missing afterwards, or damaged,
+/// is tampering, and what it no longer knows is reported as created.
+fn open_tree(
+    dir: &Path,
+    spool: &OpenReport,
+) -> Result<(Option<Baseline>, Vec<AgentEvent>), String> {
+    let path = dir.join(super::tree::FILE);
+    let (mut tree, report) = Tree::open(dir, TreeOptions::default())
+        .map_err(|e| format!("watch tree {}: {e}", path.display()))?;
+    let mut events = Vec::new();
+    if let Some(why) = &report.unusable {
+        events.push(AgentEvent::SpoolTamper {
+            path: path.clone(),
+            what: format!("watch tree unusable ({why}); kept as watch.tree.bad"),
+        });
+    }
+    for d in &report.damaged {
+        events.push(AgentEvent::SpoolTamper {
+            path: path.clone(),
+            what: format!("watch tree damaged: {d}"),
+        });
+    }
+    if report.truncated_bytes > 0 {
+        tracing::info!(
+            bytes = report.truncated_bytes,
+            "Watch tree tail past its last commit cut (a stop before the last checkpoint)."
+        );
+    }
+    if !report.created {
+        return Ok((
+            Some(Baseline {
+                tree,
+                catch_up: true,
+            }),
+            events,
+        ));
+    }
+    let first_start = spool.created || spool.next_seq <= 1;
+    let catch_up = match Snapshot::load(dir) {
+        Loaded::Found(snap) => {
+            super::watcher::fill_tree(&mut tree, &snap)
+                .map_err(|e| format!("watch tree {}: {e}", path.display()))?;
+            drop(snap);
+            let old = dir.join(super::snapshot::SNAPSHOT_FILE);
+            if let Err(e) = std::fs::remove_file(&old) {
+                tracing::warn!(path = %old.display(), error = %e, "Cannot remove the migrated watch snapshot.");
+            }
+            tracing::info!(
+                entries = tree.len(),
+                "Migrated the watch snapshot into the watch tree."
+            );
+            true
+        }
+        Loaded::Missing if first_start || report.unusable.is_some() => !first_start,
+        Loaded::Missing => {
+            events.push(AgentEvent::SpoolTamper {
+                path: path.clone(),
+                what: "watch tree missing although the spool has records; every file is reported as created".to_string(),
+            });
+            true
+        }
+        corrupt @ Loaded::Corrupt { .. } => {
+            events.extend(corrupt.into_parts().1);
+            true
+        }
+    };
+    Ok((Some(Baseline { tree, catch_up }), events))
 }

@@ -19,4 +19,5 @@ pub mod shipping;
 pub mod snapshot;
 pub mod source;
 pub mod spool;
+pub mod tree;
 pub mod watcher;

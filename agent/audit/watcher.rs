@@ -11,7 +11,8 @@
 //! Threads: the *reader* blocks in `read(2)` on the inotify fd and only `try_send`s each event into
 //! a bounded channel; when it is full the event is counted as lost and its watch descriptor
 //! remembered, and the *processor* rescans the affected trees. The processor owns all state (the
-//! in-memory tree, the watch map, pending writes and renames), does the `lstat`s and scans, and
+//! known tree, an on-disk [`Tree`] with a bounded cache; the watch map, pending writes and
+//! renames), does the `lstat`s and scans, and
 //! blocks on the output channel when the consumer is slow (the kernel queue and our channel then
 //! overflow, which is recorded, never silent).
 //!
@@ -30,8 +31,15 @@
 //! - rename inside the tree: one `Rename { from }` for the moved path only (children follow
 //!   implicitly; watched paths of the subtree are rewritten). Renaming onto an existing file is one
 //!   `Rename` (the replaced file is implied).
-//! - `IN_Q_OVERFLOW` / a full channel: the affected trees are rescanned against the in-memory state;
-//!   the differences are emitted with `Source::Rescan`, then one `AgentEvent::Rescan` per tree.
+//! - `IN_Q_OVERFLOW` / a full channel: the affected trees are rescanned against the known tree,
+//!   directory by directory (each listing merged with its stored record: memory is one directory
+//!   plus the differences, never two trees); the differences are emitted with `Source::Rescan`,
+//!   then one `AgentEvent::Rescan` per tree. Catch-up at start is the same walk (`Source::CatchUp`).
+//! - the known tree is checkpointed ([`Output::Checkpoint`]) every 500 ms while it changes and
+//!   when the watcher goes idle; the consumer acknowledges a checkpoint
+//!   ([`CheckpointAcks::ack`]) once every change before it is durable, and only then is it
+//!   committed to disk. Without a consumer taking [`Watcher::checkpoint_acks`] the processor
+//!   commits at once.
 //! - watch limit (`ENOSPC`, or `WatchConfig::max_watches`): `AgentEvent::WatchLimit` and the
 //!   unwatched subtrees are scanned every `scan_interval` (`Source::Rescan`, plus an
 //!   `AgentEvent::Rescan` when something changed). `EMFILE` at `inotify_init` degrades everything.
@@ -39,6 +47,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
@@ -54,7 +63,8 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 
 use super::change::{now_ms, AgentEvent, ChangeKind, FileFacts, FileKind, FsChange, Source};
 use super::queue::{self, Receiver, Sender};
-use super::snapshot::{diff, Snapshot};
+use super::snapshot::Snapshot;
+use super::tree::{Merged, Tree, TreeOptions};
 
 /// Excluded path components unless configured otherwise.
 pub fn default_excludes() -> Vec<String> {
@@ -66,6 +76,10 @@ const SYSCTL_INSTANCES: &str = "fs.inotify.max_user_instances";
 const SYSCTL_QUEUE: &str = "fs.inotify.max_queued_events";
 /// Deeper trees are recorded down to here and not descended further (one open fd per level).
 const MAX_DEPTH: usize = 512;
+/// A dirty tree is checkpointed at least this often (and whenever the watcher goes idle).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// At stop, how long the processor waits for the last checkpoint to be acknowledged.
+const FINAL_ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// How the watcher runs. `Default` gives the daemon's values; tests shrink the capacities/intervals.
 #[derive(Debug, Clone)]
@@ -128,6 +142,47 @@ pub enum WatchError {
     Inotify(Errno),
     #[error("watcher stopped during startup")]
     Startup,
+    #[error("watch tree: {0}")]
+    Tree(String),
+}
+
+/// The known tree the watcher starts from.
+pub struct Baseline {
+    pub tree: Tree,
+    /// Compare the live tree with it and report the differences as `Source::CatchUp` (false: take
+    /// the live tree as it is, e.g. on the very first start).
+    pub catch_up: bool,
+}
+
+impl Baseline {
+    /// A baseline from an in-memory snapshot (an old `watch.snapshot`, or a test's), in an
+    /// anonymous tree.
+    pub fn from_snapshot(snapshot: &Snapshot) -> Result<Baseline, WatchError> {
+        let mut tree =
+            Tree::anonymous(TreeOptions::default()).map_err(|e| WatchError::Tree(e.to_string()))?;
+        fill_tree(&mut tree, snapshot).map_err(|e| WatchError::Tree(e.to_string()))?;
+        Ok(Baseline {
+            tree,
+            catch_up: true,
+        })
+    }
+}
+
+/// Puts every entry of `snapshot` into `tree` and commits it (checkpointing as it goes, so the
+/// dirty part stays within the cache budget).
+pub fn fill_tree(tree: &mut Tree, snapshot: &Snapshot) -> Result<(), super::tree::log::LogError> {
+    for (p, f) in &snapshot.entries {
+        tree.upsert(p, f.clone());
+        if tree.wants_checkpoint() {
+            if let Some(n) = tree.checkpoint()? {
+                tree.commit(n)?;
+            }
+        }
+    }
+    if let Some(n) = tree.checkpoint()? {
+        tree.commit(n)?;
+    }
+    Ok(())
 }
 
 /// What the watcher produces.
@@ -137,11 +192,12 @@ pub enum Output {
     /// pointer rather than a whole change.
     Change(Box<FsChange>),
     Agent(Box<AgentEvent>),
-    /// The in-memory tree encoded ([`Snapshot::encode`]), in order with the changes: every change
-    /// it reflects was sent before it. Sent on [`Watcher::request_snapshot`] and as the last output
-    /// at stop (after pending writes and moves are flushed), so the daemon can persist it once
-    /// everything before it is durable.
-    Snapshot(Vec<u8>),
+    /// The known tree's changes up to here were written to its log as checkpoint `n`, in order
+    /// with the changes: every change it reflects was sent before it. The consumer acknowledges it
+    /// ([`CheckpointAcks::ack`]) once everything before it is durable; only then is it committed.
+    /// Sent every 500 ms while the tree changes, when the watcher goes idle and as the last output
+    /// at stop (after pending writes and moves are flushed).
+    Checkpoint(u64),
 }
 
 /// Counters for `status` and the `Started` event.
@@ -149,7 +205,7 @@ pub enum Output {
 pub struct WatchStats {
     /// Live inotify watches.
     pub watches: u64,
-    /// Entries in the in-memory tree.
+    /// Entries in the known tree (a counter: the tree itself is on disk).
     pub known_paths: u64,
     /// Notifications dropped because the channel was full (all rescanned).
     pub lost_notifications: u64,
@@ -173,14 +229,17 @@ pub struct StartInfo {
 enum Msg {
     Event(InotifyEvent),
     Snapshot(mpsc::Sender<Snapshot>),
-    SnapshotInline,
     Stats(mpsc::Sender<WatchStats>),
+    /// Every change up to checkpoint n is durable downstream: commit it.
+    Commit(u64),
     Stop,
 }
 
 #[derive(Default)]
 struct Shared {
     stop: AtomicBool,
+    /// Someone acknowledges checkpoints ([`Watcher::checkpoint_acks`]): commit only on their word.
+    acks: AtomicBool,
     lost: AtomicU64,
     lost_total: AtomicU64,
     lost_wds: Mutex<HashSet<i32>>,
@@ -198,17 +257,26 @@ pub struct Watcher {
 
 impl Watcher {
     /// Watch `config.roots`. Returns once every reachable directory is watched (or recorded as
-    /// unwatched) and the in-memory tree is built; if `baseline` is given, the differences to it are
-    /// then sent as `Source::CatchUp` changes ahead of any live change.
+    /// unwatched) and the known tree is brought up to date; with a `baseline` whose `catch_up` is
+    /// set, the differences to it are then sent as `Source::CatchUp` changes ahead of any live
+    /// change. Without a baseline the known tree lives in an anonymous temp file.
     pub fn start(
         config: WatchConfig,
-        baseline: Option<Snapshot>,
+        baseline: Option<Baseline>,
     ) -> Result<(Watcher, Receiver<Output>, StartInfo), WatchError> {
         for r in &config.roots {
             if !r.is_absolute() {
                 return Err(WatchError::NotAbsolute(r.clone()));
             }
         }
+        let baseline = match baseline {
+            Some(b) => b,
+            None => Baseline {
+                tree: Tree::anonymous(TreeOptions::default())
+                    .map_err(|e| WatchError::Tree(e.to_string()))?,
+                catch_up: false,
+            },
+        };
         let excludes = build_globs(&config.exclude_globs)?;
         let shared = Arc::new(Shared::default());
         let (tx, rx) = queue::bounded::<Msg>(config.queue_capacity);
@@ -253,13 +321,21 @@ impl Watcher {
             .name("watch-processor".into())
             .stack_size(8 << 20)
             .spawn(move || {
-                let mut p = Processor::new(config, excludes, inotify, proc_shared, out_tx);
+                let catch_up = baseline.catch_up;
+                let mut p = Processor::new(
+                    config,
+                    excludes,
+                    inotify,
+                    proc_shared,
+                    out_tx,
+                    baseline.tree,
+                );
                 if let Some(e) = init_error {
                     p.inotify_init_failed(e);
                 }
-                p.initial(baseline, &ready_tx);
+                p.initial(catch_up, &ready_tx);
                 p.run(&rx);
-                p.shutdown();
+                p.shutdown(&rx);
             })
             .map_err(WatchError::Thread)?;
         let info = ready_rx.recv().map_err(|_| WatchError::Startup)?;
@@ -279,17 +355,20 @@ impl Watcher {
         self.inotify_fd
     }
 
-    /// A copy of the in-memory tree, for the daemon to persist with [`Snapshot::save`].
+    /// The whole known tree read into memory (tests and benches: it costs what the tree weighs).
     pub fn snapshot(&self) -> Option<Snapshot> {
         let (tx, rx) = mpsc::channel();
         self.tx.send(Msg::Snapshot(tx)).ok()?;
         rx.recv().ok()
     }
 
-    /// Ask for an [`Output::Snapshot`] in the output stream. Never blocks: false when the
-    /// watcher's queue is full (ask again later) or it has stopped.
-    pub fn request_snapshot(&self) -> bool {
-        self.tx.try_send(Msg::SnapshotInline).is_ok()
+    /// The handle that acknowledges [`Output::Checkpoint`]s. Once taken, checkpoints are
+    /// committed only when acknowledged (and the watcher waits for the last one at stop).
+    pub fn checkpoint_acks(&self) -> CheckpointAcks {
+        self.shared.acks.store(true, Ordering::SeqCst);
+        CheckpointAcks {
+            tx: self.tx.clone(),
+        }
     }
 
     pub fn stats(&self) -> Option<WatchStats> {
@@ -327,6 +406,22 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.stop_inner();
+    }
+}
+
+/// Acknowledges checkpoints to the watcher (see [`Output::Checkpoint`]); usable after the
+/// [`Watcher`] itself was handed to another thread to stop it.
+#[derive(Clone)]
+pub struct CheckpointAcks {
+    tx: Sender<Msg>,
+}
+
+impl CheckpointAcks {
+    /// Every change before checkpoint `n` is durable. Never blocks: false when the watcher's
+    /// queue is full (acknowledge again later; a later number covers the earlier ones) or it has
+    /// stopped.
+    pub fn ack(&self, n: u64) -> bool {
+        self.tx.try_send(Msg::Commit(n)).is_ok()
     }
 }
 
@@ -395,6 +490,95 @@ struct PendingMove {
     deadline: Instant,
 }
 
+/// What a walk does with each directory it lists.
+enum Walk {
+    /// A directory that appeared live: every entry not yet known is stored and reported at once.
+    Appeared,
+    /// Catch-up or rescan: each listing is merged with the stored record.
+    Reconcile(Recon),
+}
+
+/// The differences a reconcile found so far (the tree itself is updated as it goes).
+struct Recon {
+    source: Source,
+    /// Report (false: the first start takes the tree as it is).
+    emit: bool,
+    time_ms: i64,
+    /// New paths, with what they replaced (another inode under the same name and kind).
+    creates: Vec<(PathBuf, FileFacts, Option<FileFacts>)>,
+    updates: Vec<FsChange>,
+    deletes: Vec<FsChange>,
+    /// Stored paths no longer there; removed from the tree (with what is below) at the end.
+    vanished: Vec<(PathBuf, FileFacts)>,
+}
+
+impl Recon {
+    fn new(source: Source, emit: bool) -> Self {
+        Recon {
+            source,
+            emit,
+            time_ms: now_ms(),
+            creates: Vec::new(),
+            updates: Vec::new(),
+            deletes: Vec::new(),
+            vanished: Vec::new(),
+        }
+    }
+}
+
+/// The same file, moved: rename keeps inode, kind, size and mtime.
+fn same_file(a: &FileFacts, b: &FileFacts) -> bool {
+    a.inode == b.inode
+        && a.kind == b.kind
+        && (a.kind == FileKind::Directory || (a.size == b.size && a.mtime_ms == b.mtime_ms))
+}
+
+/// A difference between stored and live facts that is reported, or that later comparisons need
+/// (a directory's own size and mtime follow its children and are neither).
+fn worth_storing(o: &FileFacts, f: &FileFacts) -> bool {
+    o.inode != f.inode
+        || o.kind != f.kind
+        || o.mode != f.mode
+        || o.uid != f.uid
+        || o.gid != f.gid
+        || (f.kind != FileKind::Directory
+            && (o.size != f.size || o.mtime_ms != f.mtime_ms || o.link_target != f.link_target))
+}
+
+/// `Update` when the contents changed (a non-directory), `SetAttributes` when mode or owner did.
+fn content_and_attrs(
+    path: &Path,
+    o: &FileFacts,
+    f: &FileFacts,
+    source: Source,
+    time_ms: i64,
+) -> Vec<FsChange> {
+    let is_dir = f.kind == FileKind::Directory;
+    let content = !is_dir
+        && (o.inode != f.inode
+            || o.size != f.size
+            || o.mtime_ms != f.mtime_ms
+            || o.link_target != f.link_target
+            || matches!((&o.sha256, &f.sha256), (Some(a), Some(b)) if a != b));
+    let attrs = o.mode != f.mode || o.uid != f.uid || o.gid != f.gid;
+    let mut out = Vec::new();
+    for (yes, kind) in [
+        (content, ChangeKind::Update),
+        (attrs, ChangeKind::SetAttributes),
+    ] {
+        if yes {
+            out.push(FsChange {
+                kind,
+                path: path.to_path_buf(),
+                facts: Some(f.clone()),
+                time_ms,
+                source,
+            });
+        }
+    }
+    out
+}
+
 /// Per-walk bookkeeping of watch failures.
 #[derive(Default)]
 struct WalkCtx {
@@ -412,8 +596,14 @@ struct Processor {
     out: Sender<Output>,
     out_closed: bool,
     proc_fd: bool,
-    /// The known tree: every path (roots included) with its last seen facts.
-    state: BTreeMap<PathBuf, FileFacts>,
+    /// The known tree: every path (roots included) with its last seen facts, on disk.
+    tree: Tree,
+    /// When the tree was last checkpointed.
+    last_checkpoint: Instant,
+    /// A reconcile is under way: checkpoints are written but announced only after its changes
+    /// were sent (`held`), so no checkpoint ever covers a change not yet sent.
+    holding: bool,
+    held: Option<u64>,
     wd_path: HashMap<WatchDescriptor, PathBuf>,
     path_wd: BTreeMap<PathBuf, WatchDescriptor>,
     pending: HashMap<PathBuf, (PendKind, Instant)>,
@@ -446,6 +636,7 @@ impl Processor {
         inotify: Option<Arc<Inotify>>,
         shared: Arc<Shared>,
         out: Sender<Output>,
+        tree: Tree,
     ) -> Self {
         let mut cfg = cfg;
         let next_scan = Instant::now() + cfg.scan_interval;
@@ -469,7 +660,10 @@ impl Processor {
             out,
             out_closed: false,
             proc_fd: Path::new("/proc/self/fd").is_dir(),
-            state: BTreeMap::new(),
+            tree,
+            last_checkpoint: Instant::now(),
+            holding: false,
+            held: None,
             wd_path: HashMap::new(),
             path_wd: BTreeMap::new(),
             pending: HashMap::new(),
@@ -567,6 +761,85 @@ impl Processor {
         })));
     }
 
+    // ---- durability of the known tree ----
+
+    /// Checkpoint the tree when it changed and the time has come (a pause in the events is the
+    /// other moment, see `next_msg`).
+    fn maybe_checkpoint(&mut self) {
+        if !self.tree.is_dirty() {
+            return;
+        }
+        if self.checkpoint_for_memory() || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.checkpoint();
+        }
+    }
+
+    /// Dirty directories exceed the cache budget: checkpoint to free them, but not more often
+    /// than every `CHECKPOINT_EVERY / 5` (a single directory larger than the budget stays dirty
+    /// whatever we do, and re-encoding it after every event would make a burst quadratic).
+    fn checkpoint_for_memory(&self) -> bool {
+        self.tree.wants_checkpoint() && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY / 5
+    }
+
+    fn checkpoint(&mut self) {
+        self.last_checkpoint = Instant::now();
+        match self.tree.checkpoint() {
+            Ok(Some(n)) if self.holding => self.held = Some(n),
+            Ok(Some(n)) => self.announce(n),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot write the watch tree; the next start may report changes twice.")
+            }
+        }
+        if !self.holding {
+            self.tree_faults();
+        }
+    }
+
+    fn announce(&mut self, n: u64) {
+        if self.shared.acks.load(Ordering::SeqCst) {
+            self.emit(Output::Checkpoint(n));
+        } else {
+            self.commit(n);
+        }
+    }
+
+    /// The changes of a reconcile were sent: checkpoints it wrote may be announced now.
+    fn release_checkpoints(&mut self) {
+        self.holding = false;
+        if let Some(n) = self.held.take() {
+            self.announce(n);
+        }
+    }
+
+    fn commit(&mut self, n: u64) {
+        if let Err(e) = self.tree.commit(n) {
+            tracing::error!(error = %e, "Cannot commit the watch tree; the next start may report changes twice.");
+        }
+    }
+
+    /// Records of the tree that no longer check when read back: reported, and their directories
+    /// rescanned (they were taken as empty).
+    fn tree_faults(&mut self) {
+        let (faults, dirs) = self.tree.take_faults();
+        if faults.is_empty() {
+            return;
+        }
+        let path = self.tree_path();
+        for f in faults {
+            self.tamper(&path, format!("watch tree record unusable: {f}"));
+        }
+        for d in dirs {
+            if !self.is_excluded_abs(&d) {
+                self.rescan(&d, "watch tree record unusable", 0, true);
+            }
+        }
+    }
+
+    fn tree_path(&self) -> PathBuf {
+        PathBuf::from(format!("{:?}", self.tree))
+    }
+
     fn inotify_init_failed(&mut self, e: Errno) {
         let sysctl = if e == Errno::EMFILE {
             SYSCTL_INSTANCES
@@ -586,32 +859,35 @@ impl Processor {
         }
     }
 
-    fn initial(&mut self, baseline: Option<Snapshot>, ready: &mpsc::Sender<StartInfo>) {
-        let mut found = BTreeMap::new();
+    fn initial(&mut self, catch_up: bool, ready: &mpsc::Sender<StartInfo>) {
+        self.holding = true;
+        let mut mode = Walk::Reconcile(Recon::new(Source::CatchUp, catch_up));
         for root in self.cfg.roots.clone() {
             if self.is_excluded_abs(&root) {
                 continue;
             }
             let mut ctx = WalkCtx::default();
-            if !self.walk(&root, &mut found, &mut ctx) {
+            if !self.walk(&root, &mut mode, &mut ctx) {
                 tracing::warn!(path = %root.display(), "Watch root does not exist; checking for it every scan interval.");
                 self.missing_roots.insert(root.clone());
             }
             self.report_limit(&root, ctx);
         }
-        self.state = found;
-        let changes = baseline
-            .map(|b| diff(&b.entries, &self.state, Source::CatchUp))
-            .unwrap_or_default();
+        let Walk::Reconcile(rec) = mode else {
+            return;
+        };
+        let changes = self.finish(rec);
         let info = StartInfo {
             watches: self.wd_path.len() as u64,
-            known_paths: self.state.len() as u64,
+            known_paths: self.tree.len(),
             catch_up_changes: changes.len() as u64,
         };
         let _ = ready.send(info);
         for c in changes {
             self.emit(Output::Change(Box::new(c)));
         }
+        self.release_checkpoints();
+        self.checkpoint();
     }
 
     fn run(&mut self, rx: &Receiver<Msg>) {
@@ -620,10 +896,7 @@ impl Processor {
             if self.out_closed {
                 return;
             }
-            let timeout = self
-                .next_deadline()
-                .saturating_duration_since(Instant::now());
-            match rx.recv_timeout(timeout) {
+            match self.next_msg(rx) {
                 Ok(Msg::Event(ev)) => {
                     self.handle(ev);
                     since_check += 1;
@@ -633,17 +906,12 @@ impl Processor {
                     }
                 }
                 Ok(Msg::Snapshot(tx)) => {
-                    let _ = tx.send(Snapshot {
-                        entries: self.state.clone(),
-                    });
+                    let _ = tx.send(self.dump());
                 }
                 Ok(Msg::Stats(tx)) => {
                     let _ = tx.send(self.stats());
                 }
-                Ok(Msg::SnapshotInline) => {
-                    let bytes = self.encode_state();
-                    self.emit(Output::Snapshot(bytes));
-                }
+                Ok(Msg::Commit(n)) => self.commit(n),
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {
                     since_check = 0;
@@ -651,23 +919,52 @@ impl Processor {
                 }
             }
             self.expire(Instant::now());
+            self.maybe_checkpoint();
         }
     }
 
-    /// The tree encoded as a snapshot, without copying it.
-    fn encode_state(&mut self) -> Vec<u8> {
-        let snap = Snapshot {
-            entries: std::mem::take(&mut self.state),
-        };
-        let bytes = snap.encode();
-        self.state = snap.entries;
-        bytes
+    /// The next message; while the tree is dirty, a pause of `IDLE` in the events is the moment
+    /// to checkpoint it.
+    fn next_msg(&mut self, rx: &Receiver<Msg>) -> Result<Msg, RecvTimeoutError> {
+        const IDLE: Duration = Duration::from_millis(50);
+        match rx.try_recv() {
+            Ok(m) => return Ok(m),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                return Err(RecvTimeoutError::Disconnected)
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+        }
+        let timeout = self
+            .next_deadline()
+            .saturating_duration_since(Instant::now());
+        if !self.tree.is_dirty() || timeout <= IDLE {
+            return rx.recv_timeout(timeout);
+        }
+        match rx.recv_timeout(IDLE) {
+            Err(RecvTimeoutError::Timeout) => {
+                self.checkpoint();
+                let timeout = self
+                    .next_deadline()
+                    .saturating_duration_since(Instant::now());
+                rx.recv_timeout(timeout)
+            }
+            other => other,
+        }
+    }
+
+    /// The whole known tree in memory (tests and benches).
+    fn dump(&mut self) -> Snapshot {
+        let mut entries = BTreeMap::new();
+        self.tree.visit(Path::new("/"), &mut |p, f| {
+            entries.insert(p.to_path_buf(), f.clone());
+        });
+        Snapshot { entries }
     }
 
     fn stats(&self) -> WatchStats {
         WatchStats {
             watches: self.wd_path.len() as u64,
-            known_paths: self.state.len() as u64,
+            known_paths: self.tree.len(),
             lost_notifications: self.shared.lost_total.load(Ordering::SeqCst),
             overflows: self.overflows,
             rescans: self.rescans,
@@ -686,10 +983,13 @@ impl Processor {
         if !self.unwatched.is_empty() || !self.missing_roots.is_empty() {
             d = d.min(self.next_scan);
         }
+        if self.tree.is_dirty() {
+            d = d.min(self.last_checkpoint + CHECKPOINT_EVERY);
+        }
         d
     }
 
-    fn shutdown(&mut self) {
+    fn shutdown(&mut self, rx: &Receiver<Msg>) {
         let pend: Vec<PathBuf> = self.pending.keys().cloned().collect();
         for p in pend {
             self.flush(&p);
@@ -698,8 +998,8 @@ impl Processor {
         for m in moves {
             self.moved_out(&m.from);
         }
-        let bytes = self.encode_state();
-        self.emit(Output::Snapshot(bytes));
+        self.checkpoint();
+        self.await_last_ack(rx);
         if let Some(ino) = &self.inotify {
             for wd in self.wd_path.keys() {
                 let _ = ino.rm_watch(*wd);
@@ -707,6 +1007,33 @@ impl Processor {
         }
         self.wd_path.clear();
         self.path_wd.clear();
+    }
+
+    /// At stop: wait (bounded) until the consumer acknowledged every checkpoint, and commit.
+    fn await_last_ack(&mut self, rx: &Receiver<Msg>) {
+        let last = self.tree.last_checkpoint();
+        let until = Instant::now() + FINAL_ACK_WAIT;
+        while self.tree.committed() < last && !self.out_closed {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    checkpoint = last,
+                    "The last watch tree checkpoint was not acknowledged in time; the next start may report recent changes again."
+                );
+                return;
+            }
+            match rx.recv_timeout(left) {
+                Ok(Msg::Commit(n)) => self.commit(n),
+                Ok(Msg::Snapshot(tx)) => {
+                    let _ = tx.send(self.dump());
+                }
+                Ok(Msg::Stats(tx)) => {
+                    let _ = tx.send(self.stats());
+                }
+                Ok(Msg::Event(_) | Msg::Stop) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
     }
 
     /// Flush pending writes and unmatched moves whose time has come; run the periodic scan.
@@ -822,27 +1149,22 @@ impl Processor {
             self.flush(&p);
         }
         self.rescans += 1;
-        let mut found = BTreeMap::new();
+        self.holding = true;
+        let mut mode = Walk::Reconcile(Recon::new(Source::Rescan, true));
         let mut ctx = WalkCtx::default();
-        let exists = self.walk(top, &mut found, &mut ctx);
+        let exists = self.walk(top, &mut mode, &mut ctx);
         if !exists && self.cfg.roots.iter().any(|r| r == top) {
             self.missing_roots.insert(top.to_path_buf());
         }
-        // The subtree's old entries are moved out of the state, not copied: a rescan of a root
-        // after an overflow in a burst would otherwise hold the whole tree three times.
-        let old = take_subtree(&mut self.state, top);
-        let changes = diff(&old, &found, Source::Rescan);
-        for p in old.keys() {
-            if !found.contains_key(p) {
-                self.forget_watch(p);
-            }
-        }
-        drop(old);
-        self.state.append(&mut found);
+        let changes = match mode {
+            Walk::Reconcile(rec) => self.finish(rec),
+            Walk::Appeared => Vec::new(),
+        };
         let n = changes.len() as u64;
         for c in changes {
             self.emit(Output::Change(Box::new(c)));
         }
+        self.release_checkpoints();
         if always || n > 0 {
             tracing::warn!(path = %top.display(), reason, changes = n, lost_notifications = lost, "Rescanned watched tree.");
             self.emit(Output::Agent(Box::new(AgentEvent::Rescan {
@@ -927,28 +1249,27 @@ impl Processor {
 
     // ---- scanning ----
 
-    /// Record `top` and everything below it into `out`, adding watches to directories (first the
-    /// watch, then the listing, so nothing created in between is missed). Never follows a symlink:
-    /// every directory is opened `O_NOFOLLOW|O_DIRECTORY` relative to its parent's fd and checked to
-    /// be the inode `fstatat` saw. Returns false when `top` does not exist.
-    fn walk(
-        &mut self,
-        top: &Path,
-        out: &mut BTreeMap<PathBuf, FileFacts>,
-        ctx: &mut WalkCtx,
-    ) -> bool {
+    /// Scan `top` and everything below it directory by directory, adding watches to directories
+    /// (first the watch, then the listing, so nothing created in between is missed), and hand each
+    /// directory's listing to `mode`. Never follows a symlink: every directory is opened
+    /// `O_NOFOLLOW|O_DIRECTORY` relative to its parent's fd and checked to be the inode `fstatat`
+    /// saw. Returns false when `top` does not exist.
+    fn walk(&mut self, top: &Path, mode: &mut Walk, ctx: &mut WalkCtx) -> bool {
         let facts = match lstat_facts(top) {
             Ok(f) => f,
             Err(e) => {
                 if e.raw_os_error() != Some(libc_enoent()) {
                     tracing::warn!(path = %top.display(), error = %e, "Cannot stat path to scan.");
                 }
+                if let Walk::Reconcile(rec) = mode {
+                    self.reconcile_entry(top, None, rec);
+                }
                 return false;
             }
         };
         let is_dir = facts.kind == FileKind::Directory;
         let inode = facts.inode;
-        out.insert(top.to_path_buf(), facts);
+        self.visit_entry(top, facts, mode);
         if !is_dir {
             return true;
         }
@@ -963,7 +1284,7 @@ impl Processor {
             return true;
         }
         let watch = !self.unwatched.iter().any(|u| top.starts_with(u));
-        self.scan_dir(fd.as_fd(), top, watch, 0, out, ctx);
+        self.scan_dir(fd.as_fd(), top, watch, 0, mode, ctx);
         true
     }
 
@@ -973,7 +1294,7 @@ impl Processor {
         dir: &Path,
         watch: bool,
         depth: usize,
-        out: &mut BTreeMap<PathBuf, FileFacts>,
+        mode: &mut Walk,
         ctx: &mut WalkCtx,
     ) {
         let mut watch_children = watch;
@@ -993,6 +1314,10 @@ impl Processor {
                 return;
             }
         };
+        // This directory's entries with their facts, then its subdirectories: memory is one
+        // directory (plus the names of the subdirectories still to visit on the way down).
+        let mut listing: Vec<(OsString, FileFacts)> = Vec::with_capacity(names.len());
+        let mut subdirs: Vec<(OsString, u64)> = Vec::new();
         for name in names {
             if self.is_excluded_name(&name) {
                 continue;
@@ -1019,17 +1344,20 @@ impl Processor {
                     self.guarded_found(i, &path);
                     continue;
                 }
+                subdirs.push((name.clone(), st.st_ino));
             }
             if facts.kind == FileKind::SymbolicLink {
                 facts.link_target = nix::fcntl::readlinkat(fd, name.as_os_str())
                     .ok()
                     .map(PathBuf::from);
             }
-            let is_dir = facts.kind == FileKind::Directory;
-            out.insert(path.clone(), facts);
-            if !is_dir {
-                continue;
-            }
+            listing.push((name, facts));
+        }
+        listing.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        self.visit_listing(dir, listing, mode);
+        subdirs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (name, ino) in subdirs {
+            let path = dir.join(&name);
             if depth + 1 >= MAX_DEPTH {
                 tracing::warn!(path = %path.display(), max_depth = MAX_DEPTH, "Directory tree too deep; not descending further.");
                 continue;
@@ -1042,7 +1370,7 @@ impl Processor {
                     continue;
                 }
             };
-            if nix::sys::stat::fstat(&child).map(|s| s.st_ino) != Ok(st.st_ino) {
+            if nix::sys::stat::fstat(&child).map(|s| s.st_ino) != Ok(ino) {
                 continue;
             }
             self.scan_dir(
@@ -1050,7 +1378,7 @@ impl Processor {
                 &path,
                 watch_children && !ctx.limit_hit,
                 depth + 1,
-                out,
+                mode,
                 ctx,
             );
             if watch_children
@@ -1061,6 +1389,293 @@ impl Processor {
                 ctx.newly_unwatched.push(path.clone());
             }
         }
+    }
+
+    // ---- what a walk does with what it finds ----
+
+    /// One entry found by a walk (its top).
+    fn visit_entry(&mut self, path: &Path, facts: FileFacts, mode: &mut Walk) {
+        match mode {
+            Walk::Appeared => self.appeared_entry(path, facts),
+            Walk::Reconcile(rec) => match self.tree.lookup(path) {
+                Some(o) => self.reconcile_entry(path, Some((o, facts)), rec),
+                None => self.reconcile_new(path, facts, rec),
+            },
+        }
+    }
+
+    /// One directory's listing (sorted by name bytes).
+    fn visit_listing(&mut self, dir: &Path, listing: Vec<(OsString, FileFacts)>, mode: &mut Walk) {
+        match mode {
+            Walk::Appeared => {
+                for (name, facts) in listing {
+                    self.appeared_entry(&dir.join(name), facts);
+                }
+            }
+            Walk::Reconcile(rec) => {
+                // The differences of this directory, then the tree is brought up to date.
+                let mut ops: Vec<(OsString, Option<FileFacts>, Option<FileFacts>)> = Vec::new();
+                self.tree.merge_dir(dir, &listing, |m| match m {
+                    Merged::Stored(n, o) => ops.push((n.to_os_string(), Some(o.clone()), None)),
+                    Merged::Live(n, f) => ops.push((n.to_os_string(), None, Some(f.clone()))),
+                    Merged::Both(n, o, f) => {
+                        if worth_storing(o, f) {
+                            ops.push((n.to_os_string(), Some(o.clone()), Some(f.clone())));
+                        }
+                    }
+                });
+                drop(listing);
+                for (name, old, new) in ops {
+                    let path = dir.join(name);
+                    match (old, new) {
+                        (Some(o), Some(f)) => self.reconcile_entry(&path, Some((o, f)), rec),
+                        (Some(o), None) => rec.vanished.push((path, o)),
+                        (None, Some(f)) => self.reconcile_new(&path, f, rec),
+                        (None, None) => {}
+                    }
+                }
+            }
+        }
+        if self.checkpoint_for_memory() {
+            // Free the dirty directories; in a reconcile the checkpoint is announced only after
+            // its changes were sent (see `finish`).
+            self.checkpoint();
+        }
+    }
+
+    /// A new directory's entry (or the directory itself): reported unless already known.
+    fn appeared_entry(&mut self, path: &Path, facts: FileFacts) {
+        if self
+            .tree
+            .lookup(path)
+            .is_some_and(|k| k.inode == facts.inode)
+        {
+            return;
+        }
+        self.tree.upsert(path, facts.clone());
+        self.change(ChangeKind::Create, path.to_path_buf(), Some(facts));
+    }
+
+    /// A path the tree does not know: stored, and a Create unless a rename explains it.
+    fn reconcile_new(&mut self, path: &Path, facts: FileFacts, rec: &mut Recon) {
+        self.tree.upsert(path, facts.clone());
+        if rec.emit {
+            rec.creates.push((path.to_path_buf(), facts, None));
+        }
+    }
+
+    /// A known path as stored (`(old, new)` with `old` from the tree) or gone (`None`).
+    fn reconcile_entry(
+        &mut self,
+        path: &Path,
+        pair: Option<(FileFacts, FileFacts)>,
+        rec: &mut Recon,
+    ) {
+        let Some((o, f)) = pair else {
+            if let Some(o) = self.tree.lookup(path) {
+                rec.vanished.push((path.to_path_buf(), o));
+            }
+            return;
+        };
+        if !worth_storing(&o, &f) {
+            return;
+        }
+        if o.kind != f.kind {
+            // Another kind of file under the same name: the old one (and what was below it) is
+            // deleted, the new one created.
+            let mut gone = Vec::new();
+            self.remove_known(path, &mut gone);
+            if rec.emit {
+                rec.deletes.extend(gone);
+            }
+            self.reconcile_new(path, f, rec);
+            return;
+        }
+        self.tree.upsert(path, f.clone());
+        if !rec.emit {
+            return;
+        }
+        if o.inode != f.inode {
+            // Replaced: a rename onto it if the inode vanished elsewhere, else an update.
+            rec.creates.push((path.to_path_buf(), f, Some(o)));
+        } else {
+            rec.updates
+                .extend(content_and_attrs(path, &o, &f, rec.source, rec.time_ms));
+        }
+    }
+
+    /// Removes `path` and what is stored below it from the tree, forgetting their watches and
+    /// pending writes; their Deletes (children first) are appended to `out`.
+    fn remove_known(&mut self, path: &Path, out: &mut Vec<FsChange>) {
+        let time_ms = now_ms();
+        let Processor {
+            tree,
+            pending,
+            path_wd,
+            wd_path,
+            inotify,
+            ..
+        } = self;
+        tree.remove_subtree(path, &mut |p, f| {
+            pending.remove(p);
+            if f.kind == FileKind::Directory {
+                forget_watch_in(path_wd, wd_path, inotify.as_deref(), p);
+            }
+            out.push(FsChange {
+                kind: ChangeKind::Delete,
+                path: p.to_path_buf(),
+                facts: Some(f),
+                time_ms,
+                source: Source::Rescan,
+            });
+        });
+    }
+
+    /// The end of a reconcile: renames paired by inode, vanished paths removed from the tree, and
+    /// every change in the order renames, creates (parents first), updates, deletes (children
+    /// first). Memory: the differences, never the tree.
+    fn finish(&mut self, rec: Recon) -> Vec<FsChange> {
+        let Recon {
+            source,
+            emit,
+            time_ms,
+            creates,
+            updates,
+            mut deletes,
+            vanished,
+        } = rec;
+        let ev = |kind: ChangeKind, path: &Path, facts: &FileFacts| FsChange {
+            kind,
+            path: path.to_path_buf(),
+            facts: Some(facts.clone()),
+            time_ms,
+            source,
+        };
+        let mut out = Vec::new();
+        // new top of a renamed directory -> old top
+        let mut renamed_dirs: HashMap<PathBuf, PathBuf> = HashMap::new();
+        let mut renamed_from: HashSet<usize> = HashSet::new();
+        let mut kept = Vec::new();
+        if emit {
+            let mut by_inode: HashMap<u64, usize> = HashMap::new();
+            for (i, (_, o)) in vanished.iter().enumerate() {
+                by_inode.insert(o.inode, i);
+            }
+            let mut renames = Vec::new();
+            let mut plain = Vec::new();
+            for (path, f, replaced) in creates {
+                let hit = by_inode
+                    .get(&f.inode)
+                    .copied()
+                    .filter(|i| !renamed_from.contains(i) && same_file(&vanished[*i].1, &f));
+                match hit {
+                    Some(i) => {
+                        renamed_from.insert(i);
+                        let from = vanished[i].0.clone();
+                        if f.kind == FileKind::Directory {
+                            renamed_dirs.insert(path.clone(), from.clone());
+                        }
+                        renames.push((path, f, from));
+                    }
+                    None => plain.push((path, f, replaced)),
+                }
+            }
+            // Inside a renamed directory, an entry that is the same file under the same relative
+            // name is implied by the directory's rename.
+            for (path, f, from) in renames {
+                if self.implied(&path, &f, &renamed_dirs) {
+                    continue;
+                }
+                out.push(ev(ChangeKind::Rename { from }, &path, &f));
+            }
+            for (path, f, replaced) in plain {
+                if self.implied(&path, &f, &renamed_dirs) {
+                    continue;
+                }
+                match replaced {
+                    None => out.push(ev(ChangeKind::Create, &path, &f)),
+                    Some(o) => kept.extend(content_and_attrs(&path, &o, &f, source, time_ms)),
+                }
+            }
+        }
+        out.extend(kept);
+        out.extend(updates);
+        // Vanished paths leave the tree; below a renamed directory only what has no same file at
+        // the new place is a Delete.
+        let old_to_new: HashMap<PathBuf, PathBuf> = renamed_dirs
+            .iter()
+            .map(|(n, o)| (o.clone(), n.clone()))
+            .collect();
+        for (i, (path, _)) in vanished.iter().enumerate().rev() {
+            let mut gone = Vec::new();
+            self.remove_known(path, &mut gone);
+            if !emit {
+                continue;
+            }
+            let moved = renamed_from.contains(&i);
+            for mut c in gone {
+                if moved && c.path == *path {
+                    continue;
+                }
+                if let Some(f) = &c.facts {
+                    if self.implied_old(&c.path, f, &old_to_new) {
+                        continue;
+                    }
+                }
+                c.source = source;
+                c.time_ms = time_ms;
+                deletes.push(c);
+            }
+        }
+        for d in &mut deletes {
+            d.source = source;
+        }
+        out.extend(deletes);
+        out
+    }
+
+    /// `path` (new) lies in a renamed directory and the same file is at the same relative name
+    /// in the old one (still in the tree).
+    fn implied(
+        &mut self,
+        path: &Path,
+        f: &FileFacts,
+        renamed_dirs: &HashMap<PathBuf, PathBuf>,
+    ) -> bool {
+        for a in path.ancestors().skip(1) {
+            if let Some(old) = renamed_dirs.get(a) {
+                let Ok(rel) = path.strip_prefix(a) else {
+                    return false;
+                };
+                return self
+                    .tree
+                    .lookup(&old.join(rel))
+                    .is_some_and(|o| same_file(&o, f));
+            }
+        }
+        false
+    }
+
+    /// `path` (old, being removed) lies in a renamed directory and the same file is at the same
+    /// relative name in the new one.
+    fn implied_old(
+        &mut self,
+        path: &Path,
+        f: &FileFacts,
+        old_to_new: &HashMap<PathBuf, PathBuf>,
+    ) -> bool {
+        for a in path.ancestors().skip(1) {
+            if let Some(new) = old_to_new.get(a) {
+                let Ok(rel) = path.strip_prefix(a) else {
+                    return false;
+                };
+                return self
+                    .tree
+                    .lookup(&new.join(rel))
+                    .is_some_and(|n| same_file(f, &n));
+            }
+        }
+        false
     }
 
     fn list(&self, fd: BorrowedFd<'_>, dir: &Path) -> std::io::Result<Vec<OsString>> {
@@ -1148,17 +1763,6 @@ impl Processor {
         }
     }
 
-    fn forget_watch(&mut self, path: &Path) {
-        if let Some(wd) = self.path_wd.remove(path) {
-            if self.wd_path.get(&wd).is_some_and(|p| p == path) {
-                self.wd_path.remove(&wd);
-                if let Some(ino) = &self.inotify {
-                    let _ = ino.rm_watch(wd);
-                }
-            }
-        }
-    }
-
     // ---- live events ----
 
     fn handle(&mut self, ev: InotifyEvent) {
@@ -1203,7 +1807,7 @@ impl Processor {
         }
         if m.contains(AddWatchFlags::IN_MOVED_FROM) {
             self.flush_subtree(&path);
-            if self.state.contains_key(&path) {
+            if self.tree.contains(&path) {
                 let deadline = Instant::now() + self.cfg.rename_wait;
                 self.moves.insert(
                     ev.cookie,
@@ -1223,7 +1827,7 @@ impl Processor {
         } else if m.contains(AddWatchFlags::IN_DELETE) {
             self.deleted(&path);
         } else if m.contains(AddWatchFlags::IN_MODIFY) {
-            if self.state.contains_key(&path) {
+            if self.tree.contains(&path) {
                 let deadline = Instant::now() + self.cfg.write_settle;
                 self.pending
                     .entry(path)
@@ -1263,7 +1867,7 @@ impl Processor {
                 }
                 // Already known: a rescan (after lost notifications) found it before this queued
                 // IN_CREATE was read, and reported it; its IN_DELETE follows.
-                if self.state.contains_key(path) {
+                if self.tree.contains(path) {
                     return;
                 }
                 if self.ghosts.insert(path.to_path_buf()) {
@@ -1272,9 +1876,9 @@ impl Processor {
                 return;
             }
         };
-        if self
-            .state
-            .get(path)
+        let known = self.tree.lookup(path);
+        if known
+            .as_ref()
             .is_some_and(|k| k.inode == facts.inode && k.kind == facts.kind)
         {
             return;
@@ -1289,32 +1893,24 @@ impl Processor {
                 return;
             }
         }
-        if let Some(old) = self.state.get(path).cloned() {
+        if let Some(old) = known {
             // A different file now has this name (our earlier scan saw a predecessor).
             self.remove_subtree_known(path, old.kind == FileKind::Directory);
         }
         match facts.kind {
             FileKind::Directory => {
-                let mut found = BTreeMap::new();
                 let mut ctx = WalkCtx::default();
-                self.walk(path, &mut found, &mut ctx);
-                for (p, f) in found {
-                    if self.state.get(&p).is_some_and(|k| k.inode == f.inode) {
-                        continue;
-                    }
-                    self.state.insert(p.clone(), f.clone());
-                    self.change(ChangeKind::Create, p, Some(f));
-                }
+                self.walk(path, &mut Walk::Appeared, &mut ctx);
                 self.report_limit(path, ctx);
             }
             FileKind::Regular => {
-                self.state.insert(path.to_path_buf(), facts);
+                self.tree.upsert(path, facts);
                 let deadline = Instant::now() + self.cfg.write_settle;
                 self.pending
                     .insert(path.to_path_buf(), (PendKind::Create, deadline));
             }
             _ => {
-                self.state.insert(path.to_path_buf(), facts.clone());
+                self.tree.upsert(path, facts.clone());
                 self.change(ChangeKind::Create, path.to_path_buf(), Some(facts));
             }
         }
@@ -1333,7 +1929,10 @@ impl Processor {
             self.change(ChangeKind::Delete, path.to_path_buf(), None);
             return;
         }
-        let is_dir = self.state.get(path).map(|f| f.kind == FileKind::Directory);
+        let is_dir = self
+            .tree
+            .lookup(path)
+            .map(|f| f.kind == FileKind::Directory);
         if let Some(is_dir) = is_dir {
             self.remove_subtree_known(path, is_dir);
         }
@@ -1341,19 +1940,36 @@ impl Processor {
 
     /// Emit Delete for `path` and whatever is still known below it (children first); forget them.
     fn remove_subtree_known(&mut self, path: &Path, is_dir: bool) {
-        let paths: Vec<PathBuf> = if is_dir {
-            subtree(&self.state, path).map(|(p, _)| p.clone()).collect()
-        } else {
-            vec![path.to_path_buf()]
-        };
-        for p in paths.into_iter().rev() {
-            self.pending.remove(&p);
-            if let Some(f) = self.state.remove(&p) {
-                if f.kind == FileKind::Directory {
-                    self.forget_watch(&p);
-                }
-                self.change(ChangeKind::Delete, p, Some(f));
+        let Processor {
+            tree,
+            pending,
+            path_wd,
+            wd_path,
+            inotify,
+            out,
+            out_closed,
+            ..
+        } = self;
+        let mut gone = |p: &Path, f: FileFacts| {
+            pending.remove(p);
+            if f.kind == FileKind::Directory {
+                forget_watch_in(path_wd, wd_path, inotify.as_deref(), p);
             }
+            let o = Output::Change(Box::new(FsChange {
+                kind: ChangeKind::Delete,
+                path: p.to_path_buf(),
+                facts: Some(f),
+                time_ms: now_ms(),
+                source: Source::Live,
+            }));
+            if !*out_closed && out.send(o).is_err() {
+                *out_closed = true;
+            }
+        };
+        if is_dir {
+            tree.remove_subtree(path, &mut gone);
+        } else if let Some(f) = tree.remove(path) {
+            gone(path, f);
         }
     }
 
@@ -1363,8 +1979,8 @@ impl Processor {
 
     fn moved_out(&mut self, from: &Path) {
         let is_dir = self
-            .state
-            .get(from)
+            .tree
+            .lookup(from)
             .map(|f| f.kind == FileKind::Directory)
             .unwrap_or(false);
         self.remove_subtree_known(from, is_dir);
@@ -1378,29 +1994,22 @@ impl Processor {
             return self.moved_out(from);
         }
         // Whatever `to` named before is replaced (only an empty directory or a non-directory can be).
-        if let Some(old) = self.state.get(to).cloned() {
-            let keys: Vec<PathBuf> = if old.kind == FileKind::Directory {
-                subtree(&self.state, to).map(|(p, _)| p.clone()).collect()
-            } else {
-                vec![to.to_path_buf()]
-            };
-            for k in keys {
-                self.state.remove(&k);
-                self.pending.remove(&k);
-                self.forget_watch(&k);
-            }
+        {
+            let Processor {
+                tree,
+                pending,
+                path_wd,
+                wd_path,
+                inotify,
+                ..
+            } = self;
+            tree.remove_subtree(to, &mut |p, _| {
+                pending.remove(p);
+                forget_watch_in(path_wd, wd_path, inotify.as_deref(), p);
+            });
         }
-        let moved = take_subtree(&mut self.state, from);
-        for (p, f) in moved {
-            if let Ok(rel) = p.strip_prefix(from) {
-                let np = if rel.as_os_str().is_empty() {
-                    to.to_path_buf()
-                } else {
-                    to.join(rel)
-                };
-                self.state.insert(np, f);
-            }
-        }
+        // The directory keeps its node: one record moves, whatever the size of the subtree.
+        self.tree.rename(from, to);
         let watched: Vec<(PathBuf, WatchDescriptor)> = self
             .path_wd
             .range(from.to_path_buf()..)
@@ -1421,10 +2030,10 @@ impl Processor {
         }
         let facts = match lstat_facts(to) {
             Ok(f) => {
-                self.state.insert(to.to_path_buf(), f.clone());
+                self.tree.upsert(to, f.clone());
                 Some(f)
             }
-            Err(_) => self.state.get(to).cloned(),
+            Err(_) => self.tree.lookup(to),
         };
         self.change(
             ChangeKind::Rename {
@@ -1436,7 +2045,7 @@ impl Processor {
     }
 
     fn attrib(&mut self, path: &Path) {
-        let Some(known) = self.state.get(path).cloned() else {
+        let Some(known) = self.tree.lookup(path) else {
             return;
         };
         let Ok(now) = lstat_facts(path) else {
@@ -1449,7 +2058,7 @@ impl Processor {
         let pending = self.pending.contains_key(path);
         let times = now.kind != FileKind::Directory && now.mtime_ms != known.mtime_ms && !pending;
         if owner_mode || times {
-            self.state.insert(path.to_path_buf(), now.clone());
+            self.tree.upsert(path, now.clone());
             self.change(ChangeKind::SetAttributes, path.to_path_buf(), Some(now));
         }
     }
@@ -1470,13 +2079,13 @@ impl Processor {
         let Some((kind, _)) = self.pending.remove(path) else {
             return;
         };
-        let known = self.state.get(path).cloned();
+        let known = self.tree.lookup(path);
         let facts = match lstat_facts(path) {
-            Ok(f) if self.state.get(path).is_none_or(|k| k.inode == f.inode) => {
-                self.state.insert(path.to_path_buf(), f.clone());
+            Ok(f) if known.as_ref().is_none_or(|k| k.inode == f.inode) => {
+                self.tree.upsert(path, f.clone());
                 Some(f)
             }
-            _ => self.state.get(path).cloned(),
+            _ => known.clone(),
         };
         let kind = match kind {
             PendKind::Create => ChangeKind::Create,
@@ -1496,31 +2105,21 @@ impl Processor {
     }
 }
 
-/// Entries at or below `top` in a path-ordered map (a contiguous range: `Path` orders by component).
-fn subtree<'a>(
-    m: &'a BTreeMap<PathBuf, FileFacts>,
-    top: &'a Path,
-) -> impl Iterator<Item = (&'a PathBuf, &'a FileFacts)> + 'a {
-    m.range(top.to_path_buf()..)
-        .take_while(move |(p, _)| p.starts_with(top))
-}
-
-/// Removes `top` and everything below it from `m` and returns them. Below-`top` paths are one
-/// contiguous range in `Path` order (components compare one by one).
-/// A small subtree is moved out entry by entry; a large one (a root after an overflow) by splitting
-/// the map, which costs a pass over the entries after it instead of a lookup per entry.
-fn take_subtree(m: &mut BTreeMap<PathBuf, FileFacts>, top: &Path) -> BTreeMap<PathBuf, FileFacts> {
-    let n = subtree(m, top).count();
-    if n.saturating_mul(4) < m.len() {
-        let keys: Vec<PathBuf> = subtree(m, top).map(|(p, _)| p.clone()).collect();
-        return keys.iter().filter_map(|k| m.remove_entry(k)).collect();
+/// Forget the watch of `path`, on the fields it needs (callable while the tree is borrowed).
+fn forget_watch_in(
+    path_wd: &mut BTreeMap<PathBuf, WatchDescriptor>,
+    wd_path: &mut HashMap<WatchDescriptor, PathBuf>,
+    inotify: Option<&Inotify>,
+    path: &Path,
+) {
+    if let Some(wd) = path_wd.remove(path) {
+        if wd_path.get(&wd).is_some_and(|p| p == path) {
+            wd_path.remove(&wd);
+            if let Some(ino) = inotify {
+                let _ = ino.rm_watch(wd);
+            }
+        }
     }
-    let mut sub = m.split_off(top);
-    if let Some(k) = sub.keys().nth(n).cloned() {
-        let mut rest = sub.split_off(&k);
-        m.append(&mut rest);
-    }
-    sub
 }
 
 fn libc_enoent() -> i32 {
@@ -1599,59 +2198,5 @@ fn facts_from_stat(st: &FileStat) -> FileFacts {
         sha256: None,
         hash_note: None,
         link_target: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn facts(inode: u64) -> FileFacts {
-        FileFacts {
-            kind: FileKind::Regular,
-            size: 0,
-            uid: 0,
-            gid: 0,
-            mode: 0o644,
-            inode,
-            mtime_ms: 0,
-            sha256: None,
-            hash_note: None,
-            link_target: None,
-        }
-    }
-
-    fn map(paths: &[&str]) -> BTreeMap<PathBuf, FileFacts> {
-        paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (PathBuf::from(p), facts(i as u64)))
-            .collect()
-    }
-
-    #[test]
-    fn take_subtree_moves_exactly_the_subtree_out_small_or_large() {
-        let all = [
-            "/r", "/r/a", "/r/a/x", "/r/a/y/z", "/r/a-b", "/r/a.txt", "/r/ab", "/r/b", "/r/b/c",
-        ];
-        // "/r/a" is small next to the rest when the map is padded, large when it is not.
-        for pad in [0usize, 100] {
-            let mut m = map(&all);
-            for i in 0..pad {
-                m.insert(PathBuf::from(format!("/r/z{i:03}")), facts(1000 + i as u64));
-            }
-            let before = m.len();
-            let sub = take_subtree(&mut m, Path::new("/r/a"));
-            let got: Vec<&str> = sub.keys().filter_map(|p| p.to_str()).collect();
-            assert_eq!(got, ["/r/a", "/r/a/x", "/r/a/y/z"], "pad {pad}");
-            assert_eq!(m.len() + sub.len(), before);
-            for k in ["/r", "/r/a-b", "/r/a.txt", "/r/ab", "/r/b", "/r/b/c"] {
-                assert!(m.contains_key(Path::new(k)), "{k} must stay (pad {pad})");
-            }
-        }
-        let mut m = map(&all);
-        assert_eq!(take_subtree(&mut m, Path::new("/r")).len(), all.len());
-        assert!(m.is_empty());
-        assert!(take_subtree(&mut m, Path::new("/nothing")).is_empty());
     }
 }
