@@ -770,6 +770,7 @@ mod tests {
         // The pid is reused by a later process: an event read before it started is still cp's…
         fake_proc(d.path(), &[(700, 1, "evil", evil_t, &["evil"], 0)]);
         t.on_fork(1, 700, mono_ns - 10_000_000_000);
+        t.on_exec(700, mono_ns - 10_000_000_000);
         let Lookup::Known(again) = t.lookup_between(700, cp_created, event_at) else {
             panic!("before the reuse, pid 700 is cp")
         };
