@@ -64,8 +64,18 @@ const fn req(name: &'static str, kind: Kind) -> Field {
 
 const USER: &[Field] = &[f("name", Kind::Str), opt("home", Kind::Str)];
 const ROOT_ACCESS: &[Field] = &[f("enabled", Kind::Bool), f("groups", Kind::StrList)];
+const CODEARTIFACT: &[Field] = &[
+    req("domain", Kind::Str),
+    req("domain_owner", Kind::Str),
+    req("repository", Kind::Str),
+    opt("region", Kind::Str),
+    opt("endpoint_url", Kind::Str),
+    f("duration_secs", Kind::U64),
+];
 const PIP: &[Field] = &[
-    req("index_url", Kind::Str),
+    // Exactly one of the two (config::codeartifact::problems says so).
+    opt("index_url", Kind::Str),
+    opt("codeartifact", Kind::Obj(CODEARTIFACT)),
     f("extra_index_urls", Kind::StrList),
     f("trusted_hosts", Kind::StrList),
     opt("cert", Kind::Str),
@@ -376,7 +386,10 @@ mod tests {
     fn schema_matches_the_serde_types() {
         let c = Config {
             pip: Some(
-                serde_json::from_str(r#"{"index_url": "https://m.corp/simple"}"#).expect("pip"),
+                serde_json::from_str(
+                    r#"{"index_url": "https://m.corp/simple", "codeartifact": {"domain": "corp", "domain_owner": "123456789012", "repository": "pypi"}}"#,
+                )
+                .expect("pip"),
             ),
             proxy: Some(serde_json::from_str(r#"{"http": "http://p:1"}"#).expect("proxy")),
             environment: Some(Default::default()),
