@@ -10,8 +10,13 @@
 # each run grows is kept in $NB_CACHE_DIR/fuzz-corpus/<target>; the committed seeds in
 # tests/fuzz/corpus/<target> are read, never written.
 #
-#   tests/fuzz.sh                     every target, 60 s each
+#   tests/fuzz.sh                     every target, 60 s each (open-ended exploration)
 #   FUZZ_SECONDS=600 tests/fuzz.sh ocsf
+#   FUZZ_MODE=gate tests/fuzz.sh      what CI runs (tests/run.sh): deterministic — the committed
+#                                     seeds replayed plus FUZZ_GATE_RUNS (default 20000) inputs
+#                                     from -seed=1, nothing read from or written to the cache, so
+#                                     a random new find can never reject an unrelated change. A find
+#                                     of an exploration run becomes a seed and a fix.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,6 +24,8 @@ NB_CACHE_DIR=${NB_CACHE_DIR:-/var/cache/notebook-agent-dev}
 CARGO_FUZZ_VERSION=0.13.2
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 FUZZ_JOBS=${FUZZ_JOBS:-2}
+FUZZ_MODE=${FUZZ_MODE:-explore}
+FUZZ_GATE_RUNS=${FUZZ_GATE_RUNS:-20000}
 # No sanitizer: the agent has no unsafe code (`unsafe_code = "deny"`); what is looked for is
 # panics, overflows (debug assertions are on) and broken invariants. FUZZ_SANITIZER=address adds
 # ASan.
@@ -92,6 +99,17 @@ run_one() {
     return 1
   fi
   install -d "$corpus_root/$t" "$fuzz_dir/artifacts/$t"
+  if [[ $FUZZ_MODE == gate ]]; then
+    # New inputs go to a scratch directory; only the committed seeds are read.
+    local scratch
+    scratch=$(mktemp -d)
+    nice "$bin" "$scratch" "$fuzz_dir/corpus/$t" -seed=1 -runs="$FUZZ_GATE_RUNS" \
+      -max_total_time=600 -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=2048 \
+      -print_final_stats=1 -artifact_prefix="$fuzz_dir/artifacts/$t/" >"$logs/$t.log" 2>&1 \
+      || { rm -rf "$scratch"; return 1; }
+    rm -rf "$scratch"
+    return 0
+  fi
   # The first corpus directory receives new inputs: the cache, never the committed seeds.
   nice "$bin" "$corpus_root/$t" "$fuzz_dir/corpus/$t" \
     -max_total_time="$FUZZ_SECONDS" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=2048 \
@@ -113,7 +131,11 @@ pids=()
 names=()
 for t in "${targets[@]}"; do
   while (($(jobs -rp | wc -l) >= FUZZ_JOBS)); do wait -n || true; done
-  log "running $t for ${FUZZ_SECONDS} s"
+  if [[ $FUZZ_MODE == gate ]]; then
+    log "running $t: seeds + $FUZZ_GATE_RUNS inputs from seed 1"
+  else
+    log "running $t for ${FUZZ_SECONDS} s"
+  fi
   run_one "$t" &
   pids+=($!)
   names+=("$t")

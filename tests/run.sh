@@ -29,8 +29,8 @@ echo "shellcheck: ${#scripts[@]} scripts clean"
 step "cargo test"
 cargo test --locked --all-targets
 
-step "fuzz targets (tests/fuzz.sh)"
-tests/fuzz.sh
+step "fuzz targets (tests/fuzz.sh, deterministic gate: seeds + a fixed-seed run)"
+FUZZ_MODE=gate tests/fuzz.sh
 
 step "static musl release build"
 tests/check-release.sh
