@@ -347,11 +347,11 @@ hx_user_pip_conf() {
 # --- the spool and the snapshot ---------------------------------------------------------------------
 hx_spool_delete() {
   local before
-  before=$(hx_state "$HX_SPOOL" "$HX_SPOOL/watch.snapshot" "$HX_SPOOL/ack.json")
-  hx_denied_all "rm -rf $HX_SPOOL" "rm -f $HX_SPOOL/watch.snapshot" "truncate -s 0 $HX_SPOOL/ack.json" \
+  before=$(hx_state "$HX_SPOOL" "$HX_SPOOL/watch.tree" "$HX_SPOOL/ack.json")
+  hx_denied_all "rm -rf $HX_SPOOL" "rm -f $HX_SPOOL/watch.tree" "truncate -s 0 $HX_SPOOL/ack.json" \
     "ls $HX_SPOOL" "chmod 777 $HX_SPOOL" "touch $HX_SPOOL/hx" >/dev/null || return 1
   sandbox_exec stat -c '%U %a %n' "$HX_SPOOL" | tee /dev/stderr | grep -q '^root 700 ' || return 1
-  sandbox_exec test -f "$HX_SPOOL/watch.snapshot" || return 1
+  sandbox_exec test -f "$HX_SPOOL/watch.tree" || return 1
   echo "spool and snapshot still there, root 0700"
   return "$HX_BLOCKED"
 }
