@@ -17,6 +17,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use super::change::{now_ms, AgentEvent, ChangeKind, FileFacts, FileKind, FsChange, Source};
+use super::tree::record::{kind_from_u8, put_varint};
 
 /// The file name of the snapshot inside the directory the daemon gives.
 pub const SNAPSHOT_FILE: &str = "watch.snapshot";
@@ -387,27 +388,6 @@ pub fn diff(
     renames.extend(updates);
     renames.extend(deletes);
     renames
-}
-
-fn kind_from_u8(b: u8) -> FileKind {
-    match b {
-        1 => FileKind::Regular,
-        2 => FileKind::Directory,
-        3 => FileKind::CharDevice,
-        4 => FileKind::BlockDevice,
-        5 => FileKind::LocalSocket,
-        6 => FileKind::NamedPipe,
-        7 => FileKind::SymbolicLink,
-        _ => FileKind::Unknown,
-    }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 struct Reader<'a> {

@@ -248,7 +248,7 @@ fn get_facts(r: &mut Reader<'_>) -> Result<FileFacts, RecordError> {
     })
 }
 
-fn kind_from_u8(b: u8) -> FileKind {
+pub fn kind_from_u8(b: u8) -> FileKind {
     match b {
         1 => FileKind::Regular,
         2 => FileKind::Directory,
