@@ -256,6 +256,9 @@ struct Rec {
     activity_id: u32,
     #[serde(default)]
     file: Option<FileRef>,
+    /// A rename's new path (OCSF 1001: `file` is the old one).
+    #[serde(default)]
+    file_result: Option<FileRef>,
 }
 
 #[derive(Deserialize)]
@@ -279,7 +282,12 @@ fn tally_spool(spool_dir: &Path) -> Res<(Seen, u64)> {
         }
         for rec in &batch {
             let r: Rec = serde_json::from_slice(&rec.payload)?;
-            match (r.class_uid, r.file) {
+            let file = if r.activity_id == 5 {
+                r.file_result
+            } else {
+                r.file
+            };
+            match (r.class_uid, file) {
                 (1001, Some(f)) => *seen.entry((f.path, r.activity_id)).or_default() += 1,
                 _ => agent += 1,
             }

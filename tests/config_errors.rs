@@ -272,6 +272,28 @@ const CASES: &[(&str, &str, &[&str])] = &[
         r#"{"user": {"home": "/home/someone-else"}}"#,
         &["user.home", "/etc/passwd"],
     ),
+    // Issue 15: the opt-in read audit.
+    (
+        "read audit without globs",
+        r#"{"audit": {"reads": {}}}"#,
+        &["audit.reads.globs", "is required"],
+    ),
+    (
+        "read audit with bad globs and window",
+        r#"{"audit": {"reads": {"globs": ["/etc/*", "a/../b"], "window_secs": 1, "summary_after": 0}}}"#,
+        &[
+            "4 problems",
+            "audit.reads.globs[0]",
+            "audit.reads.globs[1]",
+            "audit.reads.window_secs",
+            "audit.reads.summary_after",
+        ],
+    ),
+    (
+        "read audit as a list",
+        r#"{"audit": {"reads": ["*.csv"]}}"#,
+        &["audit.reads"],
+    ),
     (
         "every problem is listed",
         r#"{"environment": {"vpc": "x", "subnets": ["y"]}, "audit": {"retention_days": 4}}"#,

@@ -104,6 +104,7 @@ fn every_change_kind_on_every_file_type_validates() {
                     facts: Some(f),
                     time_ms: notebook_agent::audit::change::now_ms(),
                     source: Source::Live,
+                    pid: None,
                 };
                 notebook_agent::audit::hash::fill(&mut c, &hash_cfg, &limiter);
                 let r = file_activity(&c, &ctx, 1);
@@ -129,6 +130,7 @@ fn every_change_kind_on_every_file_type_validates() {
                 facts: None,
                 time_ms: 1,
                 source: Source::CatchUp,
+                pid: None,
             };
             v.check(&file_activity(&c, &ctx, u64::MAX));
         }
@@ -169,6 +171,7 @@ fn hostile_names_validate_and_round_trip() {
                 facts: Some(ocsf_common::regular()),
                 time_ms: 5,
                 source: Source::Rescan,
+                pid: None,
             };
             let r = file_activity(&c, &ocsf_common::ctx(), 9);
             v.check(&r);
@@ -194,6 +197,7 @@ fn hostile_symlink_target_round_trips() {
         facts: Some(f),
         time_ms: 5,
         source: Source::Live,
+        pid: None,
     };
     let r = file_activity(&c, &ocsf_common::ctx(), 1);
     v.check(&r);
@@ -227,6 +231,7 @@ fn the_schema_rejects_what_ocsf_forbids() {
         facts: Some(ocsf_common::regular()),
         time_ms: 5,
         source: Source::Live,
+        pid: None,
     };
     let good = file_activity(&c, &ocsf_common::ctx(), 1);
     assert!(v.fsa.is_valid(&good));

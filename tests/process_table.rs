@@ -203,14 +203,31 @@ fn file_records_with_a_process_actor_validate_against_the_ocsf_schema() {
     let d = tempfile::tempdir().expect("tempdir");
     let conn = d.path().join("kernel-k-1.json");
     let target = d.path().join("out.csv");
+    // The "kernel" waits on its stdin until the table has read its command line, so the test
+    // does not depend on the feeder winning a race against a process that exits at once (under
+    // load it lost: the kernel was "unknown program" and the record had no kernel id).
     let mut k = Command::new("/bin/sh")
         .arg("-c")
-        .arg(format!("/bin/cp /etc/hostname '{}'", target.display()))
+        .arg(format!(
+            "read _; /bin/cp /etc/hostname '{}'",
+            target.display()
+        ))
         .args(["ipykernel_launcher", "-f"])
         .arg(&conn)
+        .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
     let kpid = k.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(t.lookup(kpid, now_ms()), Lookup::Known(i) if i.jupyter.is_some()) {
+        assert!(
+            Instant::now() < deadline,
+            "the table never named the kernel {kpid} as a kernel: {:?}",
+            t.lookup(kpid, now_ms())
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(k.stdin.take());
     assert!(k.wait().expect("wait").success());
     exited(&t, kpid);
     let cp = t
@@ -225,6 +242,7 @@ fn file_records_with_a_process_actor_validate_against_the_ocsf_schema() {
         facts: Some(ocsf_common::regular()),
         time_ms: now_ms(),
         source: Source::Live,
+        pid: None,
     };
     let known = Lookup::Known(Arc::clone(&cp));
     let parent = t.parent(&cp);

@@ -39,13 +39,16 @@ fn saved_queries() -> Vec<String> {
 #[test]
 fn every_saved_query_is_in_docs_queries() {
     let saved = saved_queries();
-    assert_eq!(saved.len(), 4, "{saved:#?}");
+    assert_eq!(saved.len(), 7, "{saved:#?}");
     let dir = Path::new(ROOT).join("docs/queries");
     let files: Vec<String> = [
         "non-compliant-notebooks",
         "silent-notebooks",
         "file-deletions-by-notebook",
         "drift-repairs",
+        "who-deleted-under-a-path",
+        "readers-of-data",
+        "top-writers",
     ]
     .iter()
     .map(|n| {
@@ -99,5 +102,30 @@ fn the_queries_name_fields_the_encoder_writes() {
     let delete = get("delete");
     for p in ["/file/path", "/actor/user/name", "/activity_id"] {
         assert!(delete.pointer(p).is_some(), "delete lacks {p}");
+    }
+    let by_terminal = get("delete-by-terminal");
+    for p in [
+        "/actor/process/name",
+        "/actor/process/cmd_line",
+        "/unmapped/jupyter/terminal_tty",
+        "/unmapped/actor_basis",
+    ] {
+        assert!(
+            by_terminal.pointer(p).is_some(),
+            "delete-by-terminal lacks {p}"
+        );
+    }
+    assert!(get("create-by-kernel")
+        .pointer("/unmapped/jupyter/kernel_id")
+        .is_some());
+    for name in ["read-summary", "read-file"] {
+        let r = get(name);
+        for p in [
+            "/unmapped/read/reads",
+            "/actor/process/name",
+            "/activity_id",
+        ] {
+            assert!(r.pointer(p).is_some(), "{name} lacks {p}");
+        }
     }
 }

@@ -29,6 +29,10 @@ echo "shellcheck: ${#scripts[@]} scripts clean"
 step "cargo test"
 cargo test --locked --all-targets
 
+# As root the watcher runs fanotify (auto); the fallback gets the same tests.
+step "watcher tests with the inotify source forced (NOTEBOOK_AGENT_SOURCE=inotify)"
+NOTEBOOK_AGENT_SOURCE=inotify cargo test --locked --test watcher --test watch
+
 step "fuzz targets (tests/fuzz.sh, deterministic gate: seeds + a fixed-seed run)"
 FUZZ_MODE=gate tests/fuzz.sh
 

@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 use notebook_agent::audit::change::{AgentEvent, ChangeKind, FileKind, FsChange, Source};
 use notebook_agent::audit::queue::Receiver;
 use notebook_agent::audit::snapshot::{catch_up, Snapshot};
+use notebook_agent::audit::source::SourceKind;
 use notebook_agent::audit::tree::{Tree, TreeOptions};
-use notebook_agent::audit::watcher::{Baseline, Output, StartInfo, WatchConfig, Watcher};
+use notebook_agent::audit::watcher::{
+    Baseline, Output, SourceChoice, StartInfo, WatchConfig, Watcher,
+};
 
 const QUIET: Duration = Duration::from_millis(400);
 
@@ -45,8 +48,20 @@ fn config(root: &Path) -> WatchConfig {
     }
 }
 
+/// Every test runs with the source `NOTEBOOK_AGENT_SOURCE` names (tests/run.sh runs this file
+/// with `fanotify` and with `inotify`); which one ran, and why, is printed.
 fn start(cfg: WatchConfig) -> (Watcher, Receiver<Output>, StartInfo) {
-    Watcher::start(cfg, None).expect("start watcher")
+    let started = Watcher::start(cfg, None).expect("start watcher");
+    println!("source: {} ({})", started.2.source, started.2.source_reason);
+    started
+}
+
+/// The inotify watch count a test expects; fanotify's filesystem mark needs none.
+fn expect_watches(info: &StartInfo, inotify: u64) {
+    match info.source {
+        SourceKind::Inotify => assert_eq!(info.watches, inotify, "inotify watches"),
+        SourceKind::Fanotify => assert_eq!(info.watches, 0, "fanotify needs no watches"),
+    }
 }
 
 /// Everything output until nothing arrives for `QUIET` (a watcher that never goes quiet fails
@@ -71,7 +86,7 @@ fn changes(outs: &[Output]) -> Vec<FsChange> {
     outs.iter()
         .filter_map(|o| match o {
             Output::Change(c) => Some(c.as_ref().clone()),
-            Output::Agent(_) | Output::Checkpoint(_) => None,
+            Output::Agent(_) | Output::Checkpoint(_) | Output::Read(_) => None,
         })
         .collect()
 }
@@ -104,7 +119,7 @@ fn agent_events(outs: &[Output]) -> Vec<AgentEvent> {
     outs.iter()
         .filter_map(|o| match o {
             Output::Agent(a) => Some((**a).clone()),
-            Output::Change(_) | Output::Checkpoint(_) => None,
+            Output::Change(_) | Output::Checkpoint(_) | Output::Read(_) => None,
         })
         .collect()
 }
@@ -149,7 +164,7 @@ fn state_paths(w: &Watcher) -> BTreeSet<PathBuf> {
 fn file_lifecycle_gives_exactly_one_event_per_action() {
     let fx = fixture();
     let (w, rx, info) = start(config(&fx.root));
-    assert_eq!(info.watches, 1);
+    expect_watches(&info, 1);
     let f = fx.root.join("f");
 
     std::fs::write(&f, b"hello").expect("write");
@@ -286,10 +301,8 @@ fn excludes_are_honoured_per_component_and_by_path() {
     let mut cfg = config(&fx.root);
     cfg.exclude_paths = vec![spool.clone()];
     let (w, rx, info) = start(cfg);
-    assert_eq!(
-        info.watches, 1,
-        "neither the spool nor anything excluded is watched"
-    );
+    // Neither the spool nor anything excluded is watched (inotify), or reported (both).
+    expect_watches(&info, 1);
     for d in ["nb/.ipynb_checkpoints", ".Trash-1000/files", "spool/seg"] {
         std::fs::create_dir_all(fx.root.join(d)).expect("mkdir");
         std::fs::write(fx.root.join(d).join("f"), b"x").expect("write");
@@ -372,6 +385,37 @@ fn rename_pair_is_one_event_and_moves_across_the_tree_boundary_are_delete_and_cr
     w.stop();
 }
 
+/// `printf >f && mv f g` read late (the rename done before the create is read): a Create of `f`
+/// (nothing left to stat) and its Rename to `g`, never two unrelated Creates (the lifecycle
+/// scenario met this on a loaded machine).
+#[test]
+fn a_file_renamed_before_its_create_is_read_is_a_create_then_a_rename() {
+    let fx = fixture();
+    let mut cfg = config(&fx.root);
+    cfg.stall_reader = Some(Duration::from_secs(1));
+    let (w, rx, _) = start(cfg);
+    std::fs::write(fx.root.join("offline-2.py"), b"y = 2\n").expect("write");
+    std::fs::rename(
+        fx.root.join("offline-2.py"),
+        fx.root.join("offline-2-renamed.py"),
+    )
+    .expect("mv");
+    // The reader stalls for a second: wait for its first output, then for quiet.
+    let first = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("no output within 60 s of the stalled reader's start");
+    let mut outs = vec![first];
+    outs.extend(drain(&rx));
+    assert_eq!(
+        summary(&fx.root, &outs),
+        s(&[
+            "create offline-2.py",
+            "rename offline-2.py -> offline-2-renamed.py"
+        ])
+    );
+    w.stop();
+}
+
 #[test]
 fn hostile_names_fifo_and_symlink_to_shadow() {
     let fx = fixture();
@@ -444,7 +488,13 @@ fn hostile_names_fifo_and_symlink_to_shadow() {
 #[test]
 fn path_longer_than_path_max_is_handled() {
     let fx = fixture();
-    let (w, rx, _) = start(config(&fx.root));
+    // inotify only: fanotify names a directory by readlink(/proc/self/fd/N), which fails beyond
+    // PATH_MAX, so such events are counted unresolved, not reported (a known gap of the
+    // fanotify source, docs/WATCHER-DESIGN.md "As built"). The test says so rather than
+    // passing by testing inotify under the fanotify run's name.
+    let mut cfg = config(&fx.root);
+    cfg.source = SourceChoice::Inotify;
+    let (w, rx, _) = start(cfg);
     // 25 levels of 200-byte names: 5,025 bytes below the root, beyond PATH_MAX (4,096).
     let seg = "d".repeat(200);
     let mut fd = nix::fcntl::open(
@@ -477,7 +527,13 @@ fn path_longer_than_path_max_is_handled() {
     .expect("create deep file");
     nix::unistd::write(&file, b"deep").expect("write");
     drop(file);
-    let outs = drain(&rx);
+    // Quiet for 400 ms is not the end on a loaded machine: gather until the 26 arrived (or a
+    // minute passed), then check that no more come.
+    let mut outs = drain(&rx);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while changes(&outs).len() < 26 && std::time::Instant::now() < deadline {
+        outs.extend(drain(&rx));
+    }
     let ch = changes(&outs);
     assert_eq!(ch.len(), 26, "{:?}", summary(&fx.root, &outs));
     let deep = ch
@@ -491,7 +547,7 @@ fn path_longer_than_path_max_is_handled() {
     // A start over the same tree records it all, no crash.
     let (w, _rx, info) = start(config(&fx.root));
     assert_eq!(info.known_paths, 27);
-    assert_eq!(info.watches, 26);
+    expect_watches(&info, 26);
     w.stop();
 }
 
@@ -503,6 +559,8 @@ fn simulated_watch_limit_degrades_to_periodic_scan_with_watch_limit_event() {
     }
     let mut cfg = config(&fx.root);
     cfg.max_watches = Some(2);
+    // The watch budget is inotify's alone (fanotify's mark has none): this test forces it.
+    cfg.source = SourceChoice::Inotify;
     let (w, rx, info) = start(cfg);
     assert_eq!(info.watches, 2);
     let first = drain(&rx);
@@ -873,24 +931,30 @@ fn kernel_queue_overflow_rescans_everything_and_says_so() {
     std::fs::write(fx.root.join("before-gone"), b"x").expect("write");
     std::fs::write(fx.root.join("before-renamed"), b"x").expect("write");
     let mut cfg = config(&fx.root);
-    cfg.stall_reader = Some(Duration::from_secs(6));
-    let (w, rx, _) = start(cfg);
+    // Long enough for fanotify's 17,384 files on a busy 2-core host.
+    cfg.stall_reader = Some(Duration::from_secs(15));
+    let (w, rx, info) = start(cfg);
     let t = Instant::now();
-    // Each new file queues IN_CREATE, IN_MODIFY and IN_CLOSE_WRITE: this is well over the queue.
-    let n = queued / 3 + 1000;
+    // inotify: each new file queues IN_CREATE, IN_MODIFY and IN_CLOSE_WRITE. fanotify merges
+    // the three into one event per file, and its queue holds 16,384 events. Either way this is
+    // well over the queue.
+    let n = match info.source {
+        SourceKind::Inotify => queued / 3 + 1000,
+        SourceKind::Fanotify => 16_384 + 1000,
+    };
     for i in 0..n {
         std::fs::write(fx.root.join(format!("f{i:05}")), b"x").expect("write");
     }
     std::fs::remove_file(fx.root.join("before-gone")).expect("rm");
     std::fs::rename(fx.root.join("before-renamed"), fx.root.join("after-rename")).expect("mv");
     assert!(
-        t.elapsed() < Duration::from_secs(6),
+        t.elapsed() < Duration::from_secs(15),
         "the files must be made while the reader stalls"
     );
     // Output is buffered (capacity 65,536) while we wait for the stalled reader to see the overflow.
     let wait = Instant::now();
     while w.stats().map(|s| s.overflows).unwrap_or(0) == 0
-        && wait.elapsed() < Duration::from_secs(20)
+        && wait.elapsed() < Duration::from_secs(30)
     {
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -13,6 +13,10 @@ declare -A NEEDED=(
   [nsenter]=util-linux
   [flock]=util-linux
   [findmnt]=util-linux
+  [mountpoint]=util-linux
+  [losetup]=mount          # the SageMaker volume: an ext4 image, loop-mounted (lib/sandbox.sh)
+  [mkfs.ext4]=e2fsprogs
+  [tune2fs]=e2fsprogs      # the hostile suite reads the volume's reserved blocks
   [sha256sum]=coreutils
   [curl]=curl
   [shellcheck]=shellcheck
@@ -33,6 +37,13 @@ done
 # shellcheck source=tests/lib/apt.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../tests/lib/apt.sh"
 apt_ensure setup-host.sh ${missing[@]+"${missing[@]}"} "${EXTRA_PKGS[@]}"
+# Loop devices (the SageMaker volume): the loop driver, built in or as a module. `losetup -f` only
+# finds a free device (it attaches nothing).
+if ! losetup -f >/dev/null 2>&1; then
+  modprobe loop 2>/dev/null || true
+  losetup -f >/dev/null 2>&1 ||
+    { echo "setup-host.sh: no loop device available (losetup -f; modprobe loop): the sandbox's SageMaker volume needs one" >&2; exit 1; }
+fi
 ((${#APT_INSTALLED[@]})) || exit 0
 # The package enables a system-wide squid on *:3128; the tests run their own on a test address.
 if printf '%s\n' "${APT_INSTALLED[@]}" | grep -qx squid && [[ -d /run/systemd/system ]]; then

@@ -126,6 +126,9 @@ pub struct FsChange {
     /// When the change was observed, ms since the epoch.
     pub time_ms: i64,
     pub source: Source,
+    /// The process that made the change, as the event source reported it (fanotify's live
+    /// events); `None` for inotify, catch-up and rescans, which cannot say.
+    pub pid: Option<u32>,
 }
 
 /// Something the agent itself reports (not a file change). Encoded by `ocsf` with the class that
@@ -137,6 +140,12 @@ pub enum AgentEvent {
         paths: Vec<PathBuf>,
         watches: u64,
         catch_up_changes: u64,
+        /// The event source that runs (`fanotify` or `inotify`), and why this one.
+        source: String,
+        source_reason: String,
+        /// How the process behind each change is known: `process-events connector`, `/proc at
+        /// event time only (…why…)`, or `none: …` (the inotify source names no process).
+        actors: String,
     },
     Stopped {
         reason: String,

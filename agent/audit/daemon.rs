@@ -23,15 +23,20 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SigSet, Signal};
 use serde::{Deserialize, Serialize};
 
+use super::attribution::Attributor;
 use super::change::{now_ms, AgentEvent, ChangeKind, FileFacts, FsChange, Source};
-use super::hash::{HashConfig, HashInput, HashOutput, Hasher, TrySubmitError};
+use super::hash::{self, HashConfig, HashInput, HashOutput, Hasher, TrySubmitError};
 use super::ocsf::{self, Context as OcsfContext};
+use super::process::table::UserLookup;
 use super::queue;
+use super::reads::{encode as read_record, ReadAudit, ReadRecord};
 use super::snapshot::{Loaded, Snapshot};
+use super::source::SourceKind;
 use super::spool::{self, Appended, OpenReport, SpoolOptions, SpoolReader, SpoolWriter};
 use super::tree::{Tree, TreeOptions};
-use super::watcher::{Baseline, CheckpointAcks, Output, WatchConfig, Watcher};
-use crate::config::ValidConfig;
+use super::watcher::{Baseline, CheckpointAcks, Output, ReadEvent, WatchConfig, Watcher};
+use crate::config::reads::ReadMatcher;
+use crate::config::{ReadsConfig, ValidConfig};
 use crate::host::metadata::NotebookIdentity;
 use crate::host::{Root, UserDb};
 
@@ -50,6 +55,8 @@ pub struct Options {
     pub spool: SpoolOptions,
     pub spool_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// The opt-in read audit (`audit.reads`; needs the fanotify source).
+    pub reads: Option<ReadsConfig>,
     /// How often `daemon.json` is rewritten.
     pub report_every: Duration,
 }
@@ -68,6 +75,12 @@ impl Options {
             roots: roots.clone(),
             exclude_globs: config.audit.excludes.clone(),
             guarded: vec![spool_dir.clone()],
+            // Validated with the config: the globs compile.
+            reads: config
+                .audit
+                .reads
+                .as_ref()
+                .and_then(|r| ReadMatcher::new(&r.globs).ok()),
             ..WatchConfig::default()
         };
         let hash = HashConfig {
@@ -93,6 +106,7 @@ impl Options {
             spool,
             spool_dir,
             state_dir: root.state_dir(),
+            reads: config.audit.reads.clone(),
             report_every: Duration::from_secs(5),
         }
     }
@@ -109,6 +123,14 @@ pub struct DaemonReport {
     pub paths: Vec<PathBuf>,
     pub spool_dir: PathBuf,
     pub watches: u64,
+    /// The event source that runs (`fanotify`, `inotify`; empty from an older daemon) and why.
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub source_reason: String,
+    /// How the process behind each change is known (see `AgentEvent::Started::actors`).
+    #[serde(default)]
+    pub actors: String,
     pub events_written: u64,
     pub events_dropped: u64,
     pub last_event_ms: Option<i64>,
@@ -205,6 +227,8 @@ impl Sink {
 enum Item {
     /// The next change out of the hasher.
     Hashed,
+    /// A change that needed no hashing (`hash::settle`): written when it reaches the front.
+    Ready(Box<FsChange>),
     Agent(AgentEvent, i64),
     /// A checkpoint of the watch tree: acknowledged once everything before it is durable.
     Checkpoint(u64),
@@ -214,6 +238,12 @@ enum Item {
 struct Pipeline {
     sink: Sink,
     ctx: OcsfContext,
+    /// Names the process behind each change (fanotify only).
+    attribution: Option<Attributor>,
+    /// `audit.hash_max_bytes`: changes [`hash::settle`] settles skip the hash workers.
+    hash_max_bytes: u64,
+    /// The opt-in read audit (with `attribution` only).
+    reads: Option<ReadAudit>,
     order: VecDeque<Item>,
     hashed: VecDeque<FsChange>,
     hash_in: Option<HashInput>,
@@ -298,6 +328,10 @@ impl Pipeline {
 
     /// Hand a change to the hasher without ever blocking while its output is full.
     fn submit(&mut self, mut ch: FsChange) -> Result<(), String> {
+        if hash::settle(&mut ch, self.hash_max_bytes) {
+            self.order.push_back(Item::Ready(Box::new(ch)));
+            return Ok(());
+        }
         loop {
             let Some(input) = self.hash_in.as_mut() else {
                 return Err("hasher already closed".to_string());
@@ -338,13 +372,11 @@ impl Pipeline {
                         return Ok(());
                     };
                     self.order.pop_front();
-                    let ctx = &self.ctx;
-                    let stored = self.sink.write(ch.time_ms, |seq| {
-                        ocsf::to_line(&ocsf::file_activity(&ch, ctx, seq))
-                    })?;
-                    self.count(stored.is_some(), ch.time_ms);
-                    if stored.is_none() {
-                        self.remember_dropped(&ch);
+                    self.write_change(&ch)?;
+                }
+                Some(Item::Ready(_)) => {
+                    if let Some(Item::Ready(ch)) = self.order.pop_front() {
+                        self.write_change(&ch)?;
                     }
                 }
                 Some(Item::Agent(..)) => {
@@ -359,6 +391,51 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    fn read(&mut self, r: &ReadEvent) {
+        if let (Some(reads), Some(who)) = (&mut self.reads, &self.attribution) {
+            reads.read(&r.path, r.pid, r.time_ms, who, &self.ctx);
+        }
+    }
+
+    /// The read audit's records once its window has ended (every one left when `all`).
+    fn write_reads(&mut self, all: bool) -> Result<(), String> {
+        let Some(reads) = &mut self.reads else {
+            return Ok(());
+        };
+        if !all && !reads.due(now_ms()) {
+            return Ok(());
+        }
+        for (rec, (actor, extra)) in reads.take() {
+            let time_ms = match &rec {
+                ReadRecord::File { last_ms, .. } | ReadRecord::Dir { last_ms, .. } => *last_ms,
+            };
+            let ctx = &self.ctx;
+            let uid = uuid::Uuid::new_v4().to_string();
+            let stored = self.sink.write(time_ms, |seq| {
+                ocsf::to_line(&read_record(&rec, actor, extra, ctx, seq, &uid))
+            })?;
+            self.count(stored.is_some(), time_ms);
+        }
+        Ok(())
+    }
+
+    /// One file record, with the process behind it when the source named one.
+    fn write_change(&mut self, ch: &FsChange) -> Result<(), String> {
+        let (ctx, attribution) = (&self.ctx, &self.attribution);
+        let stored = self.sink.write(ch.time_ms, |seq| {
+            let mut r = ocsf::file_activity(ch, ctx, seq);
+            if let Some(a) = attribution {
+                a.apply(&mut r, ch, ctx);
+            }
+            ocsf::to_line(&r)
+        })?;
+        self.count(stored.is_some(), ch.time_ms);
+        if stored.is_none() {
+            self.remember_dropped(ch);
+        }
+        Ok(())
     }
 
     fn write_agent(&mut self, ev: &AgentEvent, time_ms: i64) -> Result<Option<u64>, String> {
@@ -545,6 +622,7 @@ impl Pipeline {
                     facts: Some(FileFacts::from_metadata(&md)),
                     time_ms: now,
                     source: Source::Rescan,
+                    pid: None,
                 },
                 Err(_) => FsChange {
                     kind: ChangeKind::Delete,
@@ -552,6 +630,7 @@ impl Pipeline {
                     facts: None,
                     time_ms: now,
                     source: Source::Rescan,
+                    pid: None,
                 },
             };
             self.submit(ch)?;
@@ -597,6 +676,17 @@ pub fn install_signal_thread(stop: Arc<AtomicBool>) -> Result<(), String> {
         })
         .map(|_| ())
         .map_err(|e| format!("signal thread: {e}"))
+}
+
+/// uid → user name from the root's `etc/passwd`, for the process table.
+fn users(root: &Root) -> UserLookup {
+    match UserDb::load(root) {
+        Ok(db) => Box::new(move |uid| {
+            db.user_by_uid(nix::unistd::Uid::from_raw(uid))
+                .map(|u| u.name.clone())
+        }),
+        Err(_) => Box::new(|_| None),
+    }
 }
 
 /// The notebook's identity for every record: hostname, name, ARN, region, account, user names.
@@ -670,13 +760,44 @@ pub fn run(
         (Sink::Spool(writer), baseline, Some(opts.spool_dir.clone()))
     };
 
+    // Who acted: only fanotify names a process. The table starts first, so the watcher's reader
+    // can have it read each new process at once; it is dropped again if inotify runs.
+    let mut attribution = opts
+        .watch
+        .source
+        .may_be_fanotify()
+        .then(|| Attributor::start(users(root)));
+    let mut watch = opts.watch.clone();
+    watch.pid_seen = attribution.as_ref().map(Attributor::hook);
     let (watcher, out_rx, info) =
-        Watcher::start(opts.watch.clone(), baseline).map_err(|e| format!("watch: {e}"))?;
+        Watcher::start(watch, baseline).map_err(|e| format!("watch: {e}"))?;
+    if info.source != SourceKind::Fanotify {
+        attribution = None;
+    }
     // On stdout nothing is persisted: the watcher commits its (anonymous) tree by itself.
     let acks = persist_dir.as_ref().map(|_| watcher.checkpoint_acks());
     let (hash_in, hash_out) =
         Hasher::spawn(opts.hash.clone()).map_err(|e| format!("hasher thread: {e}"))?;
+    let mut actors = attribution.as_ref().map_or_else(
+        || format!("none: the {} source names no process", info.source),
+        |a| a.feed().to_string(),
+    );
+    let reads = match (&opts.reads, &attribution) {
+        (Some(r), Some(_)) => Some(ReadAudit::new(r, opts.watch.roots[0].clone())),
+        (Some(_), None) => {
+            actors.push_str("; audit.reads is off: only the fanotify source sees reads");
+            tracing::warn!(
+                "audit.reads is set but the {} source cannot see reads; reads are not audited.",
+                info.source
+            );
+            None
+        }
+        (None, _) => None,
+    };
     tracing::info!(
+        source = %info.source,
+        source_reason = %info.source_reason,
+        actors = %actors,
         watches = info.watches,
         paths = info.known_paths,
         catch_up = info.catch_up_changes,
@@ -686,6 +807,9 @@ pub fn run(
     let mut p = Pipeline {
         sink,
         ctx,
+        attribution,
+        hash_max_bytes: opts.hash.max_bytes,
+        reads,
         order: VecDeque::new(),
         hashed: VecDeque::new(),
         hash_in: Some(hash_in),
@@ -699,6 +823,9 @@ pub fn run(
             paths: opts.watch.roots.clone(),
             spool_dir: opts.spool_dir.clone(),
             watches: info.watches,
+            source: info.source.to_string(),
+            source_reason: info.source_reason.clone(),
+            actors: actors.clone(),
             ..DaemonReport::default()
         },
         dropped: persist_dir.as_ref().map(|d| DroppedPaths::new(d)),
@@ -716,6 +843,9 @@ pub fn run(
         paths: opts.watch.roots.clone(),
         watches: info.watches,
         catch_up_changes: info.catch_up_changes,
+        source: info.source.to_string(),
+        source_reason: info.source_reason.clone(),
+        actors,
     });
     for ev in startup_events {
         p.agent(ev);
@@ -736,7 +866,8 @@ pub fn run(
     }
 
     // The watcher has flushed and its last checkpoint was acknowledged; finish the hashes and
-    // write everything.
+    // write everything (the read audit's open window too).
+    p.write_reads(true)?;
     p.hash_in = None;
     while !p.order.is_empty() {
         p.collect();
@@ -814,6 +945,7 @@ fn pump(
                         Output::Change(ch) => p.submit(*ch)?,
                         Output::Agent(ev) => p.agent(*ev),
                         Output::Checkpoint(n) => p.order.push_back(Item::Checkpoint(n)),
+                        Output::Read(r) => p.read(&r),
                     }
                     next = out_rx.try_recv().ok();
                 }
@@ -822,6 +954,7 @@ fn pump(
                         Output::Change(ch) => p.submit(*ch)?,
                         Output::Agent(ev) => p.agent(*ev),
                         Output::Checkpoint(n) => p.order.push_back(Item::Checkpoint(n)),
+                        Output::Read(r) => p.read(&r),
                     }
                 }
             }
@@ -835,6 +968,7 @@ fn pump(
         }
         p.collect();
         p.write_ready()?;
+        p.write_reads(false)?;
         p.drops()?;
         p.replay_dropped_paths()?;
         if p.sink.is_dirty() {

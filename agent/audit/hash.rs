@@ -241,22 +241,43 @@ fn tree_of<'a>(trees: &'a [PathBuf], path: &Path) -> Option<&'a Path> {
         .map(PathBuf::as_path)
 }
 
-/// Fills `facts.sha256` (or `facts.hash_note`) of a change to a regular file. Deletes, changes
-/// without facts, non-regular files and already-hashed changes are left as they are.
-pub fn fill(ch: &mut FsChange, cfg: &HashConfig, limiter: &RateLimiter) {
+/// sha256 of no bytes.
+pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Settles a change that needs no read, and says whether it did: deletes, changes without facts,
+/// non-regular files and already-hashed changes as they are; a file over `max_bytes` gets its
+/// note; a zero-length file (as the watcher's `lstat` saw it) the digest of nothing, without
+/// being opened (a later write is a change of its own). The daemon writes these at once instead
+/// of passing them through the hash workers.
+pub fn settle(ch: &mut FsChange, max_bytes: u64) -> bool {
     if ch.kind == ChangeKind::Delete {
+        return true;
+    }
+    let Some(facts) = ch.facts.as_mut() else {
+        return true;
+    };
+    if facts.kind != FileKind::Regular || facts.sha256.is_some() || facts.hash_note.is_some() {
+        return true;
+    }
+    if facts.size > max_bytes {
+        facts.hash_note = Some(over(facts.size, max_bytes));
+        return true;
+    }
+    if facts.size == 0 {
+        facts.sha256 = Some(EMPTY_SHA256.to_string());
+        return true;
+    }
+    false
+}
+
+/// Fills `facts.sha256` (or `facts.hash_note`) of a change to a regular file ([`settle`] first).
+pub fn fill(ch: &mut FsChange, cfg: &HashConfig, limiter: &RateLimiter) {
+    if settle(ch, cfg.max_bytes) {
         return;
     }
     let Some(facts) = ch.facts.as_mut() else {
         return;
     };
-    if facts.kind != FileKind::Regular || facts.sha256.is_some() || facts.hash_note.is_some() {
-        return;
-    }
-    if facts.size > cfg.max_bytes {
-        facts.hash_note = Some(over(facts.size, cfg.max_bytes));
-        return;
-    }
     let result = match tree_of(&cfg.trees, &ch.path) {
         Some(tree) => hash_file(tree, &ch.path, Some(facts.inode), cfg.max_bytes, limiter),
         None => Err(NOTE_OUTSIDE.to_string()),
@@ -407,6 +428,31 @@ mod tests {
         RateLimiter::unlimited()
     }
 
+    #[test]
+    fn an_empty_file_is_settled_without_a_read_and_others_are_not() {
+        assert_eq!(hex(&Sha256::digest(b"")), EMPTY_SHA256);
+        let d = tempfile::tempdir().unwrap();
+        let empty = d.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        let mut ch = change(&empty);
+        // Unreadable now: were it opened, the hash would be a note, not the digest.
+        std::fs::remove_file(&empty).unwrap();
+        assert!(settle(&mut ch, 10));
+        assert_eq!(ch.facts.unwrap().sha256.as_deref(), Some(EMPTY_SHA256));
+        let abc = d.path().join("abc");
+        std::fs::write(&abc, b"abc").unwrap();
+        let mut ch = change(&abc);
+        assert!(!settle(&mut ch, 10), "a file with bytes is read");
+        assert!(settle(&mut ch, 2), "over max_bytes: a note");
+        let mut del = change(&abc);
+        del.kind = ChangeKind::Delete;
+        assert!(settle(&mut del, 10));
+        assert!(
+            del.facts.unwrap().sha256.is_none(),
+            "a delete is left as it is"
+        );
+    }
+
     fn change(path: &Path) -> FsChange {
         let md = std::fs::symlink_metadata(path).unwrap();
         FsChange {
@@ -415,6 +461,7 @@ mod tests {
             facts: Some(FileFacts::from_metadata(&md)),
             time_ms: 0,
             source: Source::Live,
+            pid: None,
         }
     }
 
@@ -627,6 +674,7 @@ mod tests {
             facts: None,
             time_ms: 0,
             source: Source::Live,
+            pid: None,
         };
         // Nobody reads the output: in, worker, reorder and out fill up, then Full.
         let mut full = false;

@@ -94,6 +94,26 @@ pub mod problem {
 /// short enough that an admin's check within minutes sees a shipper that is stuck.
 pub const BACKLOG_LIMIT_MS: i64 = 5 * 60_000;
 
+/// `source fanotify, ` or `source inotify (why: what fanotify refused), ` for the daemon row;
+/// nothing from a daemon too old to say.
+fn source_evidence(r: &DaemonReport) -> String {
+    match r.source.as_str() {
+        "" => String::new(),
+        "fanotify" if r.actors.is_empty() || r.actors == "process-events connector" => {
+            "source fanotify, ".to_string()
+        }
+        // The process table cannot see processes that exit quickly: said, not hidden.
+        "fanotify" => format!("source fanotify (actors: {}), ", r.actors),
+        s => {
+            let why = r
+                .source_reason
+                .strip_prefix("inotify: ")
+                .unwrap_or(&r.source_reason);
+            format!("source {s} ({why}), ")
+        }
+    }
+}
+
 /// The audit rows and the codes of what fails in them.
 pub fn assess(root: &Root, config: &ValidConfig, now_ms: i64) -> (Vec<Finding>, Vec<&'static str>) {
     const D: (&str, &str) = ("audit_daemon", "Audit daemon");
@@ -193,10 +213,11 @@ pub fn assess(root: &Root, config: &ValidConfig, now_ms: i64) -> (Vec<Finding>, 
                 D.1,
                 losses.worst(Status::Pass),
                 losses.append(format!(
-                    "pid {} up {}, RSS {} MB, {} watches, {} events, {} dropped, {} rescans",
+                    "pid {} up {}, RSS {} MB, {}{} watches, {} events, {} dropped, {} rescans",
                     r.pid,
                     ago(now_ms, r.started_ms),
                     rss_kb / 1024,
+                    source_evidence(r),
                     r.watches,
                     r.events_written,
                     r.events_dropped,

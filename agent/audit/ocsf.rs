@@ -303,6 +303,7 @@ fn file_object(path: &Path, facts: Option<&FileFacts>, ctx: &Context) -> (Value,
 fn activity_name(id: u8) -> &'static str {
     match id {
         1 => "Create",
+        2 => "Read",
         3 => "Update",
         4 => "Delete",
         5 => "Rename",
@@ -369,6 +370,32 @@ fn severity_name(id: u8) -> &'static str {
     }
 }
 
+/// The common attributes of a successful File System Activity record (`activity_id` 2 = Read is
+/// the read audit's, `audit::reads`); the caller adds `file`, `actor` and `unmapped`.
+pub(super) fn file_base(
+    activity_id: u8,
+    time_ms: i64,
+    message: String,
+    ctx: &Context,
+    seq: u64,
+    uid: &str,
+) -> Map<String, Value> {
+    let mut r = base(
+        &FILE_SYSTEM_ACTIVITY,
+        activity_id,
+        activity_name(activity_id),
+        1,
+        time_ms,
+        message,
+        ctx,
+        seq,
+        uid,
+    );
+    r.insert("status_id".into(), json!(1));
+    r.insert("status".into(), json!("Success"));
+    r
+}
+
 /// The attributes every record has, in the order they are written.
 #[allow(clippy::too_many_arguments)]
 fn base(
@@ -413,19 +440,7 @@ pub fn file_activity_with_uid(ch: &FsChange, ctx: &Context, seq: u64, uid: &str)
     let facts = ch.facts.as_ref();
     let kind = facts.map_or(FileKind::Unknown, |x| x.kind);
     let message = format!("{} {}", activity_name(id), file_type_name(kind));
-    let mut r = base(
-        &FILE_SYSTEM_ACTIVITY,
-        id,
-        activity_name(id),
-        1,
-        ch.time_ms,
-        message,
-        ctx,
-        seq,
-        uid,
-    );
-    r.insert("status_id".into(), json!(1));
-    r.insert("status".into(), json!("Success"));
+    let mut r = file_base(id, ch.time_ms, message, ctx, seq, uid);
 
     // inotify does not say who acted: the actor is the file's owner, and `unmapped.actor_basis`
     // says so. With no facts (a delete the snapshot did not know) the user is unknown.
@@ -514,15 +529,21 @@ pub fn agent_event_with_uid(
             paths,
             watches,
             catch_up_changes,
+            source,
+            source_reason,
+            actors,
         } => {
             let msg = format!(
-                "notebook-agent {version} started: {watches} watches, {catch_up_changes} changes while down"
+                "notebook-agent {version} started: source {source}, {watches} watches, {catch_up_changes} changes while down"
             );
             let unmapped = json!({
                 "version": version,
                 "paths": paths.iter().map(|p| path_value(p)).collect::<Vec<_>>(),
                 "watches": watches,
                 "catch_up_changes": catch_up_changes,
+                "source": source,
+                "source_reason": source_reason,
+                "actors": actors,
             });
             let r = base(
                 &APPLICATION_LIFECYCLE,
@@ -1077,6 +1098,7 @@ mod tests {
             facts: Some(facts()),
             time_ms: 1_700_000_000_500,
             source: Source::Live,
+            pid: None,
         }
     }
 
@@ -1161,6 +1183,9 @@ mod tests {
                 paths: vec!["/x".into()],
                 watches: 3,
                 catch_up_changes: 0,
+                source: "inotify".into(),
+                source_reason: "inotify: forced; the actor of a change is unknown".into(),
+                actors: "none: the inotify source names no process".into(),
             },
             AgentEvent::ApplyResult {
                 changed: vec!["sudoers".into()],

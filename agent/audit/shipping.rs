@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
 
 use super::change::AgentEvent;
+use super::shipper::batch::EVENT_OVERHEAD;
 use super::shipper::{
     build_client, Backlog, ClientSettings, Record, Shipper, ShipperConfig, ShipperEvent,
     SpoolSource,
@@ -37,7 +38,8 @@ impl SpoolSource for SpoolAdapter {
     fn read_batch(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<Record>, String> {
         let records = self
             .reader
-            .read_from(self.after, max_records, max_bytes)
+            // Sized as CloudWatch counts: payload + 26 bytes per event (the trait's contract).
+            .read_sized(self.after, max_records, max_bytes, EVENT_OVERHEAD)
             .map_err(|e| e.to_string())?;
         if let Some(last) = records.last() {
             self.after = last.seq;

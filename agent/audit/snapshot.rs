@@ -260,6 +260,7 @@ pub fn diff(
         facts: Some(facts.clone()),
         time_ms,
         source,
+        pid: None,
     };
     // One merge-join over the two path-ordered maps (no per-path lookups: `Path` compares
     // component by component, which dominated the cost at 100,000 entries).

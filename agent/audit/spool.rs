@@ -1241,6 +1241,20 @@ impl SpoolReader {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, SpoolError> {
+        self.read_sized(after_seq, max_records, max_bytes, 0)
+    }
+
+    /// [`read_from`](Self::read_from) where each record also costs `per_record` bytes against
+    /// `max_bytes`: the shipper passes CloudWatch's 26-byte per-event overhead, so that a read
+    /// sized for one PutLogEvents call fits one call (sized on payloads alone it overflows the
+    /// call, and the remainder went out as a call of a few events).
+    pub fn read_sized(
+        &mut self,
+        after_seq: u64,
+        max_records: usize,
+        max_bytes: usize,
+        per_record: usize,
+    ) -> Result<Vec<Record>, SpoolError> {
         let segs = lock(&self.shared).segments.clone();
         let Some((mut idx, mut off)) = self.locate(&segs, after_seq)? else {
             return Ok(Vec::new());
@@ -1263,7 +1277,7 @@ impl SpoolReader {
             let parsed = parse_header(head).map(|(len, ..)| len);
             let frame = match parsed {
                 Ok(len) if HEADER_LEN + len <= avail => {
-                    if !out.is_empty() && bytes + len > max_bytes {
+                    if !out.is_empty() && bytes + len + per_record > max_bytes {
                         break;
                     }
                     let b = self.bytes_at(seg, off, HEADER_LEN + len)?;
@@ -1286,7 +1300,7 @@ impl SpoolReader {
                     if seq <= last_seq {
                         continue;
                     }
-                    bytes += payload.len();
+                    bytes += payload.len() + per_record;
                     last_seq = seq;
                     if self.positions.len() >= MAX_POSITIONS {
                         self.positions.pop_first();
@@ -1643,6 +1657,34 @@ mod tests {
         assert_eq!(b[0].payload, payload(58));
         let b = r.read_from(95, 100, usize::MAX).unwrap();
         assert_eq!(seqs(&b), vec![96, 97, 98, 99, 100]);
+    }
+
+    /// Regression (issue 14): the shipper's read was sized on payloads alone, so a read meant for
+    /// one PutLogEvents call overflowed it once CloudWatch's 26 bytes per event were added, and
+    /// the remainder went out as a call of a few events.
+    #[test]
+    fn a_sized_read_counts_the_per_record_overhead() {
+        let t = tempfile::tempdir().unwrap();
+        let (mut w, mut r, _) = open(&t.path().join("spool"), opts()).unwrap();
+        for i in 0..100 {
+            w.append(i, payload).unwrap();
+        }
+        w.sync().unwrap();
+        let len = payload(1).len();
+        // Room for exactly 4 records with their overhead, and for 5 on payloads alone.
+        let room = 5 * len;
+        assert!(
+            4 * (len + 26) <= room && room < 5 * (len + 26),
+            "the test needs payloads that tell the two apart"
+        );
+        assert_eq!(
+            seqs(&r.read_sized(0, 1000, room, 26).unwrap()),
+            vec![1, 2, 3, 4]
+        );
+        let plain = r.read_from(0, 1000, room).unwrap();
+        assert!(plain.len() >= 5, "read_from keeps counting payloads only");
+        // Smaller than one record with its overhead: still one.
+        assert_eq!(seqs(&r.read_sized(4, 1000, len, 26).unwrap()), vec![5]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! secure configuration on a standard notebook.
 
 pub mod codeartifact;
+pub mod reads;
 pub mod schema;
 pub mod secret;
 pub mod validate;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use codeartifact::CodeArtifactConfig;
+pub use reads::ReadsConfig;
 pub use secret::{Redactor, SecretUrl};
 pub use validate::Problem;
 
@@ -299,6 +301,9 @@ pub struct AuditConfig {
     /// `TimeoutStopSec` is 30).
     #[serde(default = "default_drain_secs")]
     pub drain_secs: u64,
+    /// The opt-in read audit: reads of sensitive files as OCSF Read records. Off when absent.
+    #[serde(default)]
+    pub reads: Option<ReadsConfig>,
 }
 
 impl Default for AuditConfig {
@@ -319,6 +324,7 @@ impl Default for AuditConfig {
             heartbeat_secs: default_heartbeat_secs(),
             flush_ms: default_flush_ms(),
             drain_secs: default_drain_secs(),
+            reads: None,
         }
     }
 }

@@ -114,6 +114,12 @@ const AUDIT: &[Field] = &[
     f("heartbeat_secs", Kind::U64),
     f("flush_ms", Kind::U64),
     f("drain_secs", Kind::U64),
+    opt("reads", Kind::Obj(READS)),
+];
+const READS: &[Field] = &[
+    req("globs", Kind::StrList),
+    f("window_secs", Kind::U64),
+    f("summary_after", Kind::U32),
 ];
 const DRIFT: &[Field] = &[f("reapply", Kind::Bool)];
 
@@ -393,6 +399,10 @@ mod tests {
             ),
             proxy: Some(serde_json::from_str(r#"{"http": "http://p:1"}"#).expect("proxy")),
             environment: Some(Default::default()),
+            audit: crate::config::AuditConfig {
+                reads: Some(serde_json::from_str(r#"{"globs": ["*.csv"]}"#).expect("reads")),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let v = serde_json::to_value(&c).expect("serialises");

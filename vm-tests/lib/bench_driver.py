@@ -81,6 +81,8 @@ def workload_label(spec):
         return f"{n:,} creations"
     if kind == "rm":
         return f"rm -r of {n:,} files"
+    if kind == "dirs":
+        return f"{n:,} files in {dirs_layout(n)[0]} new dirs"
     if kind == "copy":
         return f"{n / 2**30:g} GiB copy" if n >= 2**30 else f"{n // 2**20} MiB copy"
     raise SystemExit(f"unknown workload {spec}")
@@ -88,6 +90,12 @@ def workload_label(spec):
 
 def rm_layout(n):
     dirs = max(1, n // 1000)
+    return dirs, n // dirs
+
+
+def dirs_layout(n):
+    """The dirs workload: 100 files per new directory (issue 14: 10,000 files in 100 dirs)."""
+    dirs = max(1, n // 100)
     return dirs, n // dirs
 
 
@@ -103,6 +111,9 @@ def expected_paths(spec):
             out.add(f"rmtree/d{d:02d}")
             out.update(f"rmtree/d{d:02d}/f{i:04d}" for i in range(1, per + 1))
         return out
+    if kind == "dirs":
+        dirs, per = dirs_layout(n)
+        return {f"work/d{d:03d}/f{i:04d}" for d in range(dirs) for i in range(1, per + 1)}
     if kind == "copy":
         return {"work/big.bin"}
     raise SystemExit(f"unknown workload {spec}")
@@ -111,7 +122,7 @@ def expected_paths(spec):
 def prepare(spec, watch):
     """The tree as it is before the contender starts."""
     kind, _ = workload_parts(spec)
-    if kind in ("create", "copy"):
+    if kind in ("create", "copy", "dirs"):
         os.mkdir(os.path.join(watch, "work"))
 
 
@@ -132,6 +143,11 @@ def run_workload(spec, watch, source):
         cwd = os.path.join(watch, "work")
     elif kind == "rm":
         cmd, cwd = "rm -r rmtree", watch
+    elif kind == "dirs":
+        dirs, per = dirs_layout(n)
+        cmd = (f"for d in $(seq -f 'd%03g' 0 {dirs - 1}); do mkdir $d; "
+               f"(cd $d && seq -f 'f%04g' 1 {per} | xargs touch); done")
+        cwd = os.path.join(watch, "work")
     else:
         cmd, cwd = f"cp '{source}' work/big.bin", watch
     subprocess.run(["bash", "-c", cmd], cwd=cwd, check=True, env={"PATH": "/usr/bin:/bin"})
@@ -150,11 +166,12 @@ def matcher(contender, spec):
                 return None, False
             f = v.get("file") or {}
             a = v.get("activity_id")
-            ok = (kind == "create" and a == 1 or kind == "rm" and a == 4
+            ok = (kind in ("create", "dirs") and a == 1 or kind == "rm" and a == 4
                   or kind == "copy" and a in (1, 3) and f.get("size") == n)
             return f.get("path"), ok
     elif contender == "inotifywait":
-        want = {"create": "CREATE", "rm": "DELETE", "copy": "CLOSE_WRITE"}[kind]
+        want = {"create": "CREATE", "dirs": "CREATE", "rm": "DELETE",
+                "copy": "CLOSE_WRITE"}[kind]
 
         def m(msg):
             parts = msg.split(" ", 2)
@@ -162,7 +179,8 @@ def matcher(contender, spec):
                 return None, False
             return parts[2], want in parts[1].split(",")
     else:
-        want = {"create": "created", "rm": "deleted", "copy": "closed"}[kind]
+        want = {"create": "created", "dirs": "created", "rm": "deleted",
+                "copy": "closed"}[kind]
 
         def m(msg):
             try:
@@ -531,6 +549,8 @@ def cell(args):
             "stop": stop_reason,
             "wall_s": round((max(delivered.values()) / 1000 - t0), 3) if delivered else None,
             "workload_s": round(t1 - t0, 3),
+            # The last change (the workload's end) -> accepted by CloudWatch (moto).
+            "latency_s": round(max(delivered.values()) / 1000 - t1, 3) if delivered else None,
             "cpu_s": round(cpu_s, 3),
             "peak_rss_mb": round(max(sampler.peak, hwm) / 2**20, 1),
             "cgroup_mem_peak_mb": round(cg.mem_peak() / 2**20, 1),
@@ -620,13 +640,14 @@ def report(args):
                          ratio(r["cpu_s"], base["cpu_s"])]
             print("| " + " | ".join(cols) + " |")
     print()
-    print("| workload | contender | workload s | records in moto | cgroup memory peak MB "
-          "| stopped because |")
-    print("|---|---|---|---|---|---|")
+    print("| workload | contender | workload s | last change → CloudWatch s | records in moto "
+          "| cgroup memory peak MB | stopped because |")
+    print("|---|---|---|---|---|---|---|")
     for w in order:
         for r in [r for r in rows if r["workload"] == w]:
+            lat = fmt(r.get("latency_s"), 2) + ("" if r["complete"] else " †")
             print(f"| {workload_label(w)} | {LABELS[r['contender']]} | {r['workload_s']:.2f} "
-                  f"| {r['records_in_moto']:,} | {fmt(r['cgroup_mem_peak_mb'])} | {r['stop']} |")
+                  f"| {lat} | {r['records_in_moto']:,} | {fmt(r['cgroup_mem_peak_mb'])} | {r['stop']} |")
     bad = [r for r in rows if r["contender"] == "agent" and not r["complete"]]
     for r in bad:
         print(f"\nnotebook-agent did not deliver every event of {workload_label(r['workload'])}: "

@@ -13,6 +13,13 @@
 #     :8080  pypiserver       the mirror: not on the veth, so the sandbox reaches it only via squid
 #                             (squid's hosts_file maps pypi.mirror.internal to it)
 #
+# Started only by the scenarios that need them (TEST FIXTURES in fixtures/):
+#   nbv<N>  :4567  cloudwatch-deny-proxy.py  moto behind a switch that answers AccessDenied to
+#                                            PutLogEvents (degraded)
+#           :8090  fake-codeartifact.py      the CodeArtifact API (codeartifact)
+#   lo      :8081  fake-codeartifact.py      the repository: pypiserver behind the token check, via
+#                                            squid as codeartifact.mirror.internal:8081
+#
 # IPv4 forwarding is off on nbv<N> (whatever the host's global setting) and IPv6 is off on both
 # ends, so the sandbox reaches these services and nothing else. <N> is a free slot 0..63, taken by
 # an atomic mkdir under /run, so parallel runs do not collide.
@@ -21,6 +28,8 @@
 #   infra_net_up          netns + veth; sets INFRA_* (SANDBOX_NETNS_PATH for sandbox_boot)
 #   infra_services_up     starts every service and waits until each answers
 #   infra_moto_stop / infra_moto_start
+#   infra_cloudwatch_proxy_start, infra_cloudwatch_mode pass|deny
+#   infra_codeartifact_start TOKEN_SECS, infra_codeartifact_mode normal|denied|unreachable
 #   infra_down            stops what infra_* started (by pid), deletes the netns, frees the slot
 # Sourced by vm-tests/run; needs NB_CACHE_DIR (lib/rootfs.sh).
 
@@ -40,6 +49,10 @@ INFRA_SQUID_PORT=3128
 INFRA_MOTO_PORT=4566
 INFRA_IMDS_PORT=80
 INFRA_DIST_PORT=8000
+INFRA_CW_PROXY_PORT=4567
+INFRA_CA_API_PORT=8090
+INFRA_CA_REPO_HOST=codeartifact.mirror.internal
+INFRA_CA_REPO_PORT=8081
 INFRA_LOCK_ROOT=/run/notebook-agent-vmtests
 
 INFRA_IDX='' INFRA_NETNS='' INFRA_HOST_IF='' INFRA_HOST_ADDR='' INFRA_GUEST_ADDR='' INFRA_MIRROR_ADDR=''
@@ -196,6 +209,37 @@ infra_moto_start() {
 }
 infra_moto_stop() { _infra_stop moto; }
 
+# infra_cloudwatch_proxy_start: fixtures/cloudwatch-deny-proxy.py in front of moto, on
+# $INFRA_HOST_ADDR:$INFRA_CW_PROXY_PORT, passing everything through until infra_cloudwatch_mode deny.
+infra_cloudwatch_proxy_start() {
+  infra_cloudwatch_mode pass
+  _infra_start cwproxy "$INFRA_STATE/cwproxy.log" \
+    python3 "$_INFRA_REPO/vm-tests/fixtures/cloudwatch-deny-proxy.py" --bind "$INFRA_HOST_ADDR" \
+    --port "$INFRA_CW_PROXY_PORT" --upstream "http://$INFRA_HOST_ADDR:$INFRA_MOTO_PORT" \
+    --mode-file "$INFRA_STATE/cloudwatch-mode"
+  _infra_wait cwproxy "$INFRA_HOST_ADDR" "$INFRA_CW_PROXY_PORT"
+}
+infra_cloudwatch_mode() { echo "$1" >"$INFRA_STATE/cloudwatch-mode"; }
+
+# infra_codeartifact_start TOKEN_SECS: fixtures/fake-codeartifact.py, its API on
+# $INFRA_HOST_ADDR:$INFRA_CA_API_PORT, the repository (pypiserver behind the token check) on
+# $INFRA_MIRROR_ADDR:$INFRA_CA_REPO_PORT, which squid serves as $INFRA_CA_REPO_HOST. Tokens live
+# TOKEN_SECS; each one is logged to $INFRA_STATE/codeartifact-tokens.jsonl.
+infra_codeartifact_start() {
+  infra_codeartifact_mode normal
+  : >"$INFRA_STATE/codeartifact-tokens.jsonl"
+  chmod 0600 "$INFRA_STATE/codeartifact-tokens.jsonl"
+  _infra_start codeartifact "$INFRA_STATE/codeartifact.log" \
+    python3 "$_INFRA_REPO/vm-tests/fixtures/fake-codeartifact.py" \
+    --api-bind "$INFRA_HOST_ADDR" --api-port "$INFRA_CA_API_PORT" \
+    --repo-bind "$INFRA_MIRROR_ADDR" --repo-port "$INFRA_CA_REPO_PORT" --repo-host "$INFRA_CA_REPO_HOST" \
+    --upstream "http://$INFRA_MIRROR_ADDR:$INFRA_MIRROR_PORT" --token-secs "$1" \
+    --mode-file "$INFRA_STATE/codeartifact-mode" --tokens-file "$INFRA_STATE/codeartifact-tokens.jsonl"
+  _infra_wait codeartifact "$INFRA_HOST_ADDR" "$INFRA_CA_API_PORT" &&
+    _infra_wait codeartifact "$INFRA_MIRROR_ADDR" "$INFRA_CA_REPO_PORT"
+}
+infra_codeartifact_mode() { echo "$1" >"$INFRA_STATE/codeartifact-mode"; }
+
 # infra_aws ARGS...: the venv's AWS CLI against moto (fake keys; nothing else is reachable).
 infra_aws() {
   env -i PATH=/usr/bin:/bin HOME="$INFRA_STATE" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
@@ -212,6 +256,10 @@ acl sandbox src $INFRA_GUEST_ADDR/32
 acl mirror dstdomain $INFRA_MIRROR_HOST
 acl mirror_port port $INFRA_MIRROR_PORT
 http_access allow sandbox mirror mirror_port
+# The fake CodeArtifact repository (fixtures/fake-codeartifact.py), when a scenario starts it.
+acl ca_repo dstdomain $INFRA_CA_REPO_HOST
+acl ca_repo_port port $INFRA_CA_REPO_PORT
+http_access allow sandbox ca_repo ca_repo_port
 http_access deny all
 # The mirror's name resolves only here; DNS stays on loopback (nothing answers there).
 hosts_file $INFRA_STATE/squid/hosts
@@ -231,7 +279,8 @@ infra_services_up() {
   INFRA_DIST_DIR=${1:-}
   _infra_start_moto
   install -d -o proxy -g proxy -m 0755 "$INFRA_STATE/squid"
-  printf '%s %s\n' "$INFRA_MIRROR_ADDR" "$INFRA_MIRROR_HOST" >"$INFRA_STATE/squid/hosts"
+  printf '%s %s\n' "$INFRA_MIRROR_ADDR" "$INFRA_MIRROR_HOST" "$INFRA_MIRROR_ADDR" "$INFRA_CA_REPO_HOST" \
+    >"$INFRA_STATE/squid/hosts"
   _infra_squid_conf >"$INFRA_STATE/squid.conf"
   _infra_start squid "$INFRA_STATE/squid.log" squid -N -f "$INFRA_STATE/squid.conf"
   _infra_start pypiserver "$INFRA_STATE/pypiserver.log" \

@@ -47,7 +47,7 @@ lc_new_instance() {
   local t0=$SECONDS
   ((PASSES + FAILS > 0)) || return 0
   sandbox_cleanup
-  find "$SANDBOX_VOLUME" -mindepth 1 -delete
+  sandbox_volume_fresh
   infra_moto_stop; infra_moto_start
   sandbox_boot
   lc_say "rebooted as $SANDBOX_MACHINE (run dir $SANDBOX_RUN_DIR) in $((SECONDS - t0)) s"

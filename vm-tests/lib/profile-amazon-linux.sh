@@ -12,6 +12,8 @@
 set -euo pipefail
 
 JUPYTER_SERVER_SPEC='jupyter-server==2.21.1'
+# The kernel of SageMaker's conda_python3 (envs/python3), registered with the server's env.
+IPYKERNEL_SPEC='ipykernel==6.29.5'
 NOTEBOOK_NAME=demo-notebook
 NOTEBOOK_ARN="arn:aws:sagemaker:us-east-1:123456789012:notebook-instance/${NOTEBOOK_NAME}"
 HOME_DIR=/home/ec2-user
@@ -56,6 +58,10 @@ done
 "$CONDA/envs/JupyterSystemEnv/bin/pip" install --quiet --no-cache-dir \
   --disable-pip-version-check "$JUPYTER_SERVER_SPEC"
 "$CONDA/envs/JupyterSystemEnv/bin/jupyter-server" --version >/dev/null
+"$CONDA/envs/python3/bin/pip" install --quiet --no-cache-dir \
+  --disable-pip-version-check "$IPYKERNEL_SPEC"
+"$CONDA/envs/python3/bin/python" -m ipykernel install --prefix "$CONDA/envs/JupyterSystemEnv" \
+  --name conda_python3 --display-name conda_python3 >/dev/null
 # conda-ish shell init: base env on PATH for interactive and login shells.
 if ! grep -q 'anaconda3/bin' "$HOME_DIR/.bashrc"; then
   printf '\n# >>> conda initialize (sandbox stand-in) >>>\nexport PATH="%s/bin:$PATH"\n# <<< conda initialize <<<\n' \
@@ -72,7 +78,7 @@ After=network.target
 
 [Service]
 Type=simple
-ExecStart=/bin/su -l ec2-user -c '$CONDA/envs/JupyterSystemEnv/bin/jupyter-server --ip=127.0.0.1 --port=8888 --no-browser --ServerApp.root_dir=$HOME_DIR/SageMaker --IdentityProvider.token= --ServerApp.password='
+ExecStart=/bin/su -l ec2-user -c '$CONDA/envs/JupyterSystemEnv/bin/jupyter-server --ip=127.0.0.1 --port=8888 --no-browser --ServerApp.root_dir=$HOME_DIR/SageMaker --IdentityProvider.token= --ServerApp.password= --ServerApp.disable_check_xsrf=True'
 Restart=always
 RestartSec=2
 

@@ -13,8 +13,10 @@
 # lib/infra.sh) that is lo plus one veth to the test services on the host side, with no
 # default route; without it, --private-network (loopback only). Either way nothing inside
 # can reach 169.254.169.254 or any address outside this machine. The system volume (the overlay's
-# upper dir) is thrown away per run; $SANDBOX_VOLUME is persistent and mounted
-# at /home/ec2-user/SageMaker, like a notebook's EBS volume.
+# upper dir) is thrown away per run. The SageMaker volume is its own ext4 filesystem, as the
+# notebook's EBS volume is: $SANDBOX_VOLUME is an image file (the volume itself; it survives a
+# power-off and a boot), loop-mounted on the host at $SANDBOX_VOLUME_DIR by sandbox_volume_up and
+# bind-mounted at /home/ec2-user/SageMaker; sandbox_volume_down unmounts it and frees the loop device.
 #
 # Commands run through nsenter into the container's namespaces with the host's
 # root privileges (full capability set, no container seccomp filter): use
@@ -26,7 +28,10 @@ _SANDBOX_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$_SANDBOX_LIB_DIR/rootfs.sh"
 
 SANDBOX_RUNS_DIR=${SANDBOX_RUNS_DIR:-$NB_CACHE_DIR/runs}
-SANDBOX_VOLUME=${SANDBOX_VOLUME:-$NB_CACHE_DIR/volumes/SageMaker}
+SANDBOX_VOLUME=${SANDBOX_VOLUME:-$NB_CACHE_DIR/volumes/SageMaker.img}
+# Size of a new volume image (sparse: a fresh one takes ~35 MB of the host's disk). 1 GiB leaves
+# room for the hostile suite's spool fill (audit.spool_max_bytes defaults to 512 MiB).
+SANDBOX_VOLUME_SIZE=${SANDBOX_VOLUME_SIZE:-1G}
 SANDBOX_BOOT_TIMEOUT=${SANDBOX_BOOT_TIMEOUT:-90}
 SANDBOX_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Extra systemd-nspawn options (--bind=, --bind-ro=, --setenv=, ...). Callers
@@ -37,9 +42,19 @@ declare -a SANDBOX_NSPAWN_ARGS=()
 if [[ -n ${SANDBOX_EXTRA_NSPAWN_ARGS:-} ]]; then
   read -r -a SANDBOX_NSPAWN_ARGS <<<"$SANDBOX_EXTRA_NSPAWN_ARGS"
 fi
+# What the agent's fanotify source needs, which a notebook's root has on the host kernel: nspawn's
+# seccomp filter refuses fanotify_init and fanotify_mark (EPERM) unless they are allowed by name,
+# with CAP_SYS_ADMIN in the container's set (../shared/DESIGN.md), and open_by_handle_at (EPERM;
+# the source opens an event's directory handle with it). docs/WATCHER-DESIGN.md, "What the kernel
+# does"; scenarios/smoke.sh proves all three work in the booted sandbox, as the agent's unit.
+declare -a SANDBOX_FANOTIFY_ARGS=(--capability=CAP_SYS_ADMIN
+  '--system-call-filter=fanotify_init fanotify_mark open_by_handle_at')
 
 SANDBOX_RUN_DIR='' SANDBOX_ROOT='' SANDBOX_NSPAWN_PID='' SANDBOX_LEADER='' SANDBOX_MACHINE=''
 SANDBOX_OVERLAY=0
+# The volume while a run holds it: a per-run directory ($SANDBOX_RUNS_DIR/volume-*) with the mount
+# point mnt/ (and the image itself when the run made a throw-away one).
+SANDBOX_VOLUME_RUN_DIR='' SANDBOX_VOLUME_DIR=''
 
 _sb_log() { printf '[sandbox] %s\n' "$*" >&2; }
 
@@ -76,8 +91,8 @@ sandbox_prepare() {
     _sb_log "overlayfs unavailable, copying the rootfs (slower)"
     rmdir "$SANDBOX_ROOT"; cp -a --reflink=auto "$lower" "$SANDBOX_ROOT"
   fi
-  if [[ ! -d $SANDBOX_VOLUME ]]; then
-    install -d -m 0755 -o 1000 -g 1000 "$SANDBOX_VOLUME"
+  if [[ -z $SANDBOX_VOLUME_DIR ]] || ! mountpoint -q "$SANDBOX_VOLUME_DIR"; then
+    _sb_log "no SageMaker volume mounted: call sandbox_volume_up before sandbox_boot"; return 1
   fi
   _sandbox_save_state
 }
@@ -86,11 +101,12 @@ _sandbox_save_state() {
   [[ -n $SANDBOX_RUN_DIR ]] || return 0
   local v  # plain assignments (not declare -p): sourcing inside a function sets globals
   for v in SANDBOX_RUN_DIR SANDBOX_ROOT SANDBOX_NSPAWN_PID SANDBOX_LEADER \
-      SANDBOX_MACHINE SANDBOX_OVERLAY SANDBOX_VOLUME; do
+      SANDBOX_MACHINE SANDBOX_OVERLAY SANDBOX_VOLUME SANDBOX_VOLUME_RUN_DIR SANDBOX_VOLUME_DIR; do
     printf '%s=%q\n' "$v" "${!v}"
   done >"$SANDBOX_RUN_DIR/state"
-  # What vm-tests/run --stop also has to undo: the network slot (lib/infra.sh) and a per-run volume.
-  printf 'INFRA_IDX=%q\nRUN_VOLUME=%q\n' "${INFRA_IDX:-}" "${RUN_VOLUME:-}" >>"$SANDBOX_RUN_DIR/state"
+  # What vm-tests/run --stop also has to undo: the network slot (lib/infra.sh); the volume's mount
+  # and loop device are SANDBOX_VOLUME_RUN_DIR above.
+  printf 'INFRA_IDX=%q\n' "${INFRA_IDX:-}" >>"$SANDBOX_RUN_DIR/state"
 }
 
 # Re-attach to a sandbox left running (run --keep) from another shell.
@@ -121,8 +137,8 @@ sandbox_boot() {
   systemd-nspawn --quiet -D "$SANDBOX_ROOT" --boot --register=no --keep-unit \
     "$net" --console=pipe --machine="$SANDBOX_MACHINE" \
     --hostname=demo-notebook --resolv-conf=off --timezone=off --link-journal=no \
-    --bind="$SANDBOX_VOLUME:/home/ec2-user/SageMaker" \
-    "${SANDBOX_NSPAWN_ARGS[@]}" </dev/null >"$log" 2>&1 &
+    --bind="$SANDBOX_VOLUME_DIR:/home/ec2-user/SageMaker" \
+    "${SANDBOX_FANOTIFY_ARGS[@]}" "${SANDBOX_NSPAWN_ARGS[@]}" </dev/null >"$log" 2>&1 &
   SANDBOX_NSPAWN_PID=$!
   for ((i = 0; i < 200; i++)); do
     SANDBOX_LEADER=$(_sandbox_find_leader) && break
@@ -263,4 +279,98 @@ sandbox_cleanup() {
   fi
   rm -rf --one-file-system -- "$SANDBOX_RUN_DIR"
   SANDBOX_RUN_DIR='' SANDBOX_ROOT=''
+}
+
+# --- the SageMaker volume ---------------------------------------------------------------------------
+# An ext4 image file, loop-mounted on the host and bind-mounted into the container: a filesystem of
+# its own like the notebook's EBS volume (what a fanotify filesystem mark covers; what the notebook
+# user can fill). The loop device is set up by `mount -o loop` (autoclear: freed by the unmount).
+
+# _sb_volume_mkfs IMAGE: a new sparse ext4 image whose root directory belongs to ec2-user (uid and
+# gid 1000), with lost+found as on a notebook. Made beside the image and renamed into place, so an
+# interrupted mkfs never leaves half a volume.
+_sb_volume_mkfs() {
+  local img=$1 tmp
+  install -d -m 0755 "$(dirname "$img")"
+  tmp=$(mktemp "$img.tmp-XXXXXX")
+  if truncate -s "$SANDBOX_VOLUME_SIZE" "$tmp" &&
+      mkfs.ext4 -q -F -L SageMaker -E root_owner=1000:1000 "$tmp" &&
+      mv -f -- "$tmp" "$img"; then
+    return 0
+  fi
+  rm -f -- "$tmp"
+  _sb_log "cannot make the volume image $img ($SANDBOX_VOLUME_SIZE)"; return 1
+}
+
+_sb_volume_mount() {
+  mount -o loop "$SANDBOX_VOLUME" "$SANDBOX_VOLUME_DIR" ||
+    { _sb_log "cannot loop-mount $SANDBOX_VOLUME at $SANDBOX_VOLUME_DIR"; return 1; }
+}
+
+_sb_volume_umount() {
+  mountpoint -q "$SANDBOX_VOLUME_DIR" || return 0
+  umount "$SANDBOX_VOLUME_DIR" && return 0
+  _sb_log "the volume at $SANDBOX_VOLUME_DIR is busy: lazy unmount (its loop device goes with the last user)"
+  umount -l "$SANDBOX_VOLUME_DIR"
+}
+
+# _sb_volume_detach_leftovers: loop devices still backed by the image or by a file in the run's
+# volume dir (a lazy unmount, a run killed between losetup and mount) are detached; a busy one is
+# marked to go when its last user does.
+_sb_volume_detach_leftovers() {
+  local dev back
+  while read -r dev back; do
+    back=${back% (deleted)}
+    [[ $back == "$SANDBOX_VOLUME" || ( -n $SANDBOX_VOLUME_RUN_DIR && $back == "$SANDBOX_VOLUME_RUN_DIR"/* ) ]] || continue
+    losetup -d "$dev" 2>/dev/null || _sb_log "cannot detach $dev ($back)"
+  done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
+}
+
+# sandbox_volume_up [--fresh|--temp]: attach the volume and mount it at $SANDBOX_VOLUME_DIR (in a
+# new per-run dir $SANDBOX_VOLUME_RUN_DIR). The image $SANDBOX_VOLUME is made when missing, made
+# anew with --fresh; --temp makes a throw-away image inside the per-run dir instead. Refuses an image
+# that is already attached: two mounts of one ext4 filesystem would corrupt it.
+sandbox_volume_up() {
+  local mode=${1:-} used
+  install -d -m 0755 "$SANDBOX_RUNS_DIR"
+  SANDBOX_VOLUME_RUN_DIR=$(mktemp -d "$SANDBOX_RUNS_DIR/volume-XXXXXX")
+  echo "$$" >"$SANDBOX_VOLUME_RUN_DIR/owner"  # --gc leaves a volume alone while this process lives
+  SANDBOX_VOLUME_DIR=$SANDBOX_VOLUME_RUN_DIR/mnt
+  mkdir "$SANDBOX_VOLUME_DIR"
+  [[ $mode != --temp ]] || SANDBOX_VOLUME=$SANDBOX_VOLUME_RUN_DIR/SageMaker.img
+  if [[ -d $SANDBOX_VOLUME ]]; then
+    _sb_log "SANDBOX_VOLUME=$SANDBOX_VOLUME is a directory: the volume is an ext4 image file now" \
+      "(vm-tests/README.md, \"The SageMaker volume\"); name a file, e.g. $SANDBOX_VOLUME.img"
+    return 2
+  fi
+  used=$(losetup -n -O NAME -j "$SANDBOX_VOLUME" 2>/dev/null | tr '\n' ' ') || true
+  if [[ -n $used ]]; then
+    _sb_log "the volume $SANDBOX_VOLUME is attached already ($used): another run has it" \
+      "(vm-tests/run --list, --stop RUNDIR, --gc)"
+    return 1
+  fi
+  if [[ $mode == --fresh || ! -f $SANDBOX_VOLUME ]]; then _sb_volume_mkfs "$SANDBOX_VOLUME" || return 1; fi
+  _sb_volume_mount
+}
+
+# sandbox_volume_fresh: a new, empty volume in place of the current one (a new notebook instance).
+# The sandbox must be off.
+sandbox_volume_fresh() {
+  if sandbox_running; then _sb_log "sandbox_volume_fresh: power the sandbox off first"; return 1; fi
+  _sb_volume_umount && _sb_volume_mkfs "$SANDBOX_VOLUME" && _sb_volume_mount
+}
+
+# sandbox_volume_down: unmount the volume, free its loop device and remove the per-run dir (with a
+# --temp image; a persistent $SANDBOX_VOLUME stays). The sandbox must be off. Safe to call twice and
+# from traps.
+sandbox_volume_down() {
+  [[ -n $SANDBOX_VOLUME_RUN_DIR && -d $SANDBOX_VOLUME_RUN_DIR ]] || return 0
+  SANDBOX_VOLUME_DIR=$SANDBOX_VOLUME_RUN_DIR/mnt
+  _sb_volume_umount || true
+  _sb_volume_detach_leftovers
+  if mountpoint -q "$SANDBOX_VOLUME_DIR"; then
+    _sb_log "not deleting $SANDBOX_VOLUME_RUN_DIR: the volume is still mounted"; return 1
+  fi
+  rm -rf --one-file-system -- "$SANDBOX_VOLUME_RUN_DIR"
+  SANDBOX_VOLUME_RUN_DIR='' SANDBOX_VOLUME_DIR=''
 }

@@ -128,7 +128,16 @@ demo_write_config() {
 {
   "pip":   { "index_url": "$DEMO_MIRROR", "trusted_hosts": ["$INFRA_MIRROR_HOST:$INFRA_MIRROR_PORT"] },
   "proxy": { "http": "$DEMO_PROXY", "https": "$DEMO_PROXY", "no_proxy": ["$INFRA_HOST_ADDR"] },
-  "audit": { "endpoint_url": "$DEMO_MOTO", "drain_secs": 3 }
+  "environment": {
+    "kms_key_id": "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    "data_bucket": "demo-ml-data",
+    "discover": true,
+    "imds_endpoint": "http://$INFRA_HOST_ADDR:$INFRA_IMDS_PORT"
+  },
+  "audit": {
+    "endpoint_url": "$DEMO_MOTO", "drain_secs": 3,
+    "reads": { "globs": ["data/**"], "window_secs": 5 }
+  }
 }
 EOF
   sandbox_exec stat -c '%A %U:%G %n' /etc/notebook-agent/config.json

@@ -476,6 +476,44 @@ hx_excluded_dir() {
   return "$HX_RECORDED"
 }
 
+# --- who did it -------------------------------------------------------------------------------------
+# ec2-user acts through processes that exit at once (touch, cp, rm), a spoofed argv[0]
+# (`exec -a jupyter cp`), a copied and renamed binary, a write hidden in a flood of 10,000
+# short-lived processes, a write from inside a user namespace (`unshare -r`, when the kernel
+# allows it) and a secret on a command line. Each record must name the real process and
+# ec2-user — or say `unknown: <why>` — never the spoofed name, another process or another user,
+# and the secret must not reach CloudWatch (docs/THREAT-MODEL.md T24–T26).
+hx_evade_attribution() {
+  local tag=evade-$RANDOM who='\[[0-9]+\] ec2-user' unknown='\? \(unknown: ' userns=yes
+  lc_as_terminal "cd $LC_SM && touch $tag-a.txt && cp $tag-a.txt $tag-b.txt && rm -f $tag-a.txt &&
+    sh -c 'echo x >\$0' $tag-c.txt --password hx-cmdline-$HX_SECRET &&
+    (exec -a jupyter cp $tag-b.txt $tag-d.txt) &&
+    cp /usr/bin/touch /tmp/pdf-viewer && /tmp/pdf-viewer $tag-e.txt &&
+    { for i in \$(seq 10000); do /bin/true; done & sleep 1; sh -c 'echo x >\$0' $tag-f.txt; wait; }" || return 2
+  local -a expect=(
+    "Create +$LC_SM/$tag-a\.txt .* by (touch$who|$unknown)"
+    "Create +$LC_SM/$tag-b\.txt .* by (cp$who|$unknown)"
+    "Delete +$LC_SM/$tag-a\.txt .* by (rm$who|$unknown)"
+    "Create +$LC_SM/$tag-c\.txt .* by sh$who"
+    "Create +$LC_SM/$tag-d\.txt .* by (cp$who|$unknown)"
+    "Create +$LC_SM/$tag-e\.txt .* by (pdf-viewer$who|$unknown)"
+    "Create +$LC_SM/$tag-f\.txt .* by sh$who"
+  )
+  if lc_as_terminal "unshare -r true" >/dev/null 2>&1; then
+    lc_as_terminal "cd $LC_SM && unshare -r sh -c 'echo x >\$0' $tag-g.txt" || return 2
+    expect+=("Create +$LC_SM/$tag-g\.txt .* by (sh$who|$unknown)")
+  else
+    userns=no
+    echo "user namespaces are not available to ec2-user here: the unshare attempt is not made"
+  fi
+  hx_recorded 20 "${expect[@]}" || return 1
+  if lc_events_json | grep -F "hx-cmdline-"; then
+    echo "the secret on sh's command line reached CloudWatch"; return 1
+  fi
+  echo "${#expect[@]} records name the real process and ec2-user (or unknown with why; unshare: $userns); the secret is not in moto"
+  return "$HX_RECORDED"
+}
+
 # --- the proxy password ---------------------------------------------------------------------------------
 # It must be in the root-only config (and in the files the user's tools read to use the proxy), and
 # nowhere the agent reports: the journal, status, apply's output, CloudWatch, the spool, its state.
@@ -656,6 +694,43 @@ for i in range(300000):
   return "$HX_RECORDED"
 }
 
+# --- the SageMaker volume filled (x-sandbox) ----------------------------------------------------------
+# The volume is its own ext4 filesystem (lib/sandbox.sh), as on a notebook, and the spool lives on it
+# ($HX_SPOOL). ec2-user fills it (fallocate the bulk, then dd to ENOSPC) and then renames, deletes and
+# creates files. The agent writes as root, into ext4's root-reserved blocks (mkfs's default 5%): the
+# changes made while the volume is full must reach moto; if the spool could not take them they must be
+# counted as dropped (status), never lost silently.
+hx_fill_volume() {
+  local pid out dropped rc=0 i
+  pid=$(lc_agent_pid)
+  tune2fs -l "$SANDBOX_VOLUME" | grep -E '^(Block count|Reserved block count|Block size):' | tr -s ' ' | paste -sd ';'
+  lc_as_terminal "cd $LC_SM && echo a >hx-full-before.txt && echo b >hx-full-gone.txt" >/dev/null || return 2
+  # shellcheck disable=SC2016  # expanded by the shell inside
+  out=$(sandbox_exec_as ec2-user sh -c 'cd "$1" || exit 2
+    avail=$(df -B1 --output=avail . | tail -n1)
+    fallocate -l $((avail - 8 * 1048576)) hx-fill.bin || exit 2
+    dd if=/dev/zero of=hx-fill-tail.bin bs=64k 2>&1 | grep -o "No space left on device" | head -n1
+    echo "as ec2-user: $(df -h --output=used,avail . | tail -n1 | tr -s " ") used/avail after the fill"
+    mv hx-full-before.txt hx-full-renamed.txt && rm hx-full-gone.txt && echo "rename and delete worked"
+    echo c >hx-full-new.txt 2>/dev/null && echo "a new 2-byte file was written" || echo "writing a new file failed (ENOSPC)"' sh "$LC_SM") || rc=$?
+  echo "$out"
+  ((rc == 0)) && grep -q 'No space left on device' <<<"$out" || { echo "the volume did not fill (exit $rc)"; return 2; }
+  hx_recorded 20 "Create +$LC_SM/hx-fill\.bin " "Rename +$LC_SM/hx-full-before\.txt -> $LC_SM/hx-full-renamed\.txt" \
+    "Delete +$LC_SM/hx-full-gone\.txt " || rc=1
+  hx_agent_alive_as "$pid" || rc=1
+  dropped=$(sandbox_exec sed -n 's/^ *"events_dropped": *\([0-9]*\).*/\1/p' /var/lib/notebook-agent/daemon.json)
+  echo "the spool: $(sandbox_exec du -sh "$HX_SPOOL" | cut -f1), ${dropped:-?} events dropped"
+  # Room again for the flood and the spool fill that follow (the hasher may still hold hx-fill.bin).
+  lc_as_terminal "rm -f $LC_SM/hx-fill.bin $LC_SM/hx-fill-tail.bin" >/dev/null
+  for ((i = 0; i < 60; i++)); do
+    (($(sandbox_exec df -B1M --output=avail "$LC_SM" | tail -n1) > 700)) && break
+    sleep 0.5
+  done
+  if ((rc == 0)); then echo "the changes made on a full volume are in moto; the agent kept running"; return "$HX_RECORDED"; fi
+  ((${dropped:-0} == 0)) || { echo "not shipped, but $dropped events are counted as dropped"; return "$HX_RECORDED"; }
+  return 1
+}
+
 # --- the scenario ----------------------------------------------------------------------------------------
 lc_step "a new notebook instance with the lifecycle configuration; the proxy URL carries a password"
 lc_new_instance
@@ -694,6 +769,7 @@ hx rename-watched-tree hx_tree_rename
 hx symlink-to-root-only-file hx_symlinks
 hx crafted-file-names hx_names
 hx hide-in-excluded-dir hx_excluded_dir
+hx evade-attribution hx_evade_attribution
 
 lc_step "the proxy password"
 hx proxy-password-not-reported hx_secret_nowhere
@@ -707,6 +783,10 @@ hx forge-spool-records hx_forge_spool
 check hx-spool-restore hx_spool_restore
 
 check hx-status-after-attacks lc_status
+
+lc_step "as ec2-user: fill the SageMaker volume (its own ext4 filesystem), then change files"
+hx fill-sagemaker-volume hx_fill_volume
+
 lc_step "as ec2-user: hide one change in a flood of $HX_FLOOD_EVENTS inotify events (the last attempt: moto is stopped)"
 hx flood-hides-a-change hx_flood
 hx fill-spool hx_fill_spool

@@ -191,9 +191,9 @@ sleep 1   # the watcher spools within 100 ms; give the shipper a failed attempt 
 T_STOP=$SECONDS
 sandbox_cleanup
 lc_say "powered off, system volume deleted in $((SECONDS - T_STOP)) s; the SageMaker volume is kept"
-printf 'written from the host while the notebook was stopped\n' >"$SANDBOX_VOLUME/made-while-stopped.txt"
-chown 1000:1000 "$SANDBOX_VOLUME/made-while-stopped.txt"
-rm -f "$SANDBOX_VOLUME/analysis-v2.ipynb"
+printf 'written from the host while the notebook was stopped\n' >"$SANDBOX_VOLUME_DIR/made-while-stopped.txt"
+chown 1000:1000 "$SANDBOX_VOLUME_DIR/made-while-stopped.txt"
+rm -f "$SANDBOX_VOLUME_DIR/analysis-v2.ipynb"
 lc_say "while stopped: created made-while-stopped.txt, deleted analysis-v2.ipynb (from the host)"
 infra_moto_start
 sandbox_boot

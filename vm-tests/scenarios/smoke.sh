@@ -105,12 +105,61 @@ smoke_conda_layout_owned() {
   [[ $(sandbox_exec stat -c %U /home/ec2-user/anaconda3 "$JSE" "$JSE/bin/jupyter-server" | sort -u) == ec2-user ]]
 }
 
+# The SageMaker volume is a filesystem of its own, as the notebook's EBS volume is (what a fanotify
+# filesystem mark covers): ext4 on a (loop) block device, not /home's device, its root ec2-user's.
+smoke_sagemaker_volume() {
+  local out fstype source dev_sm dev_home
+  out=$(sandbox_exec findmnt -n -o FSTYPE,SOURCE,SIZE --mountpoint /home/ec2-user/SageMaker) ||
+    { echo "/home/ec2-user/SageMaker is not a mount point"; return 1; }
+  echo "findmnt: $out"
+  read -r fstype source _ <<<"$out"
+  dev_sm=$(sandbox_exec stat -c %d /home/ec2-user/SageMaker) && dev_home=$(sandbox_exec stat -c %d /home/ec2-user) || return 1
+  echo "st_dev: SageMaker $dev_sm, /home/ec2-user $dev_home; owner $(sandbox_exec stat -c %u:%g /home/ec2-user/SageMaker)"
+  [[ $fstype == ext4 && $source == /dev/loop* && $dev_sm != "$dev_home" ]] &&
+    [[ $(sandbox_exec stat -c %u:%g /home/ec2-user/SageMaker) == 1000:1000 ]]
+}
+
+# What ec2-user writes there is on the volume the host keeps (what lifecycle's stop/start uses).
 smoke_sagemaker_bind() {
   local f
   f=.sandbox-smoke-$$-$RANDOM
-  sandbox_exec findmnt -n /home/ec2-user/SageMaker &&
-    sandbox_exec_as ec2-user sh -c "echo ok >/home/ec2-user/SageMaker/$f" &&
-    [[ $(cat "$SANDBOX_VOLUME/$f") == ok ]] && rm -f "$SANDBOX_VOLUME/$f"
+  sandbox_exec_as ec2-user sh -c "echo ok >/home/ec2-user/SageMaker/$f" &&
+    [[ $(cat "$SANDBOX_VOLUME_DIR/$f") == ok ]] && rm -f "$SANDBOX_VOLUME_DIR/$f"
+}
+
+# Run lib/kernel-probes.py as root in a transient unit of the sandbox's systemd with the agent
+# unit's hardening (every Key=Value of packaging/notebook-agent.service's [Service] section after
+# "--- Hardening ---"), i.e. with the container's capability set and seccomp filter and the unit's:
+# what notebook-agent watch gets. (sandbox_exec alone runs with the host's full privileges.)
+SMOKE_UNIT=$(dirname "${BASH_SOURCE[0]}")/../../packaging/notebook-agent.service
+SMOKE_PROBES=$(dirname "${BASH_SOURCE[0]}")/../lib/kernel-probes.py
+smoke_probe_as_agent() {
+  local -a props=()
+  local line
+  while IFS= read -r line; do props+=(-p "$line"); done < <(
+    sed -n '/^# --- Hardening ---/,/^\[Install\]/p' "$SMOKE_UNIT" | grep -E '^[A-Za-z]+=')
+  ((${#props[@]} >= 10)) || { echo "no hardening found in $SMOKE_UNIT"; return 2; }
+  sandbox_exec systemd-run --quiet --wait --pipe --collect --service-type=exec "${props[@]}" -- \
+    python3 - "$@" <"$SMOKE_PROBES"
+}
+
+# fanotify as the agent will use it: a filesystem mark on the SageMaker volume with directory handle +
+# name reporting, an event naming our pid, the handle opened again.
+smoke_fanotify() {
+  smoke_probe_as_agent fanotify /home/ec2-user/SageMaker
+}
+
+# The process-events connector inside the sandbox's network namespace. Either answer passes (it is a
+# kernel fact, recorded in docs/WATCHER-DESIGN.md); the answer is printed after the check (which
+# runs in a subshell: the answer goes through a file).
+SMOKE_CONNECTOR_FILE=$SANDBOX_RUN_DIR/proc-connector-answer
+smoke_connector() {
+  local out rc=0 answer
+  out=$(smoke_probe_as_agent connector 2>&1) || rc=$?
+  echo "$out"
+  answer=$(grep -m1 '^connector: ' <<<"$out") || true
+  echo "$answer" >"$SMOKE_CONNECTOR_FILE"
+  ((rc == 0)) && [[ $answer == "connector: works"* || $answer == "connector: refused"* ]]
 }
 
 # The sandbox's network: lo, plus (when vm-tests/run made one, lib/infra.sh) eth0 on the /30
@@ -144,5 +193,9 @@ check python-base                smoke_env_python /home/ec2-user/anaconda3
 check python-env-python3         smoke_env_python /home/ec2-user/anaconda3/envs/python3
 check python-JupyterSystemEnv    smoke_env_python "$JSE"
 check anaconda-owned-by-ec2-user smoke_conda_layout_owned
+check sagemaker-volume-ext4      smoke_sagemaker_volume
 check sagemaker-dir-bind-mount   smoke_sagemaker_bind
+check fanotify-filesystem-mark   smoke_fanotify
+check proc-connector-probe       smoke_connector
+echo "     proc connector in the sandbox's network namespace: $(cat "$SMOKE_CONNECTOR_FILE" 2>/dev/null || echo '(no answer)')"
 check network-only-the-test-link smoke_private_network

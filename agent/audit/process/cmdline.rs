@@ -7,7 +7,8 @@
 //!   `GITHUB_TOKEN=…`, `DB_PASSWORD=…`, `*SECRET*=…`) → the value;
 //! - a URL anywhere in an argument → its user-info and secret-looking query values, by the same
 //!   code that prints configured URLs ([`SecretUrl::redacted`]);
-//! - an `Authorization:` header value (`curl -H 'Authorization: Bearer …'`).
+//! - an `Authorization:` header value (`curl -H 'Authorization: Bearer …'`);
+//! - inside an argument that is a script (`sh -c "… --password x …"`): the same rules per word.
 //!
 //! Over-redacting a harmless value is accepted; shipping a credential is not.
 
@@ -94,6 +95,35 @@ fn redact_urls(text: &str) -> String {
 
 /// The arguments with secrets replaced (see the module doc).
 pub fn redact_args(argv: &[String]) -> Vec<String> {
+    redact(argv, true)
+}
+
+/// A script inside one argument (`sh -c "… --password x …"`, `bash -ic '…'`): its words get the
+/// same rules. A quoted value is one word up to its closing quote, so a value after a secret
+/// option is hidden whole. Whitespace is normalised to single spaces.
+fn redact_script(text: &str) -> String {
+    let mut words: Vec<String> = Vec::new();
+    let mut open: Option<char> = None;
+    for w in text.split_whitespace() {
+        match (open, words.last_mut()) {
+            (Some(q), Some(last)) => {
+                last.push(' ');
+                last.push_str(w);
+                if w.ends_with(q) {
+                    open = None;
+                }
+            }
+            _ => {
+                let q = w.chars().next().filter(|c| matches!(c, '\'' | '"'));
+                open = q.filter(|q| !(w.len() > 1 && w.ends_with(*q)));
+                words.push(w.to_string());
+            }
+        }
+    }
+    redact(&words, false).join(" ")
+}
+
+fn redact(argv: &[String], scripts: bool) -> Vec<String> {
     let mut out = Vec::with_capacity(argv.len());
     let mut hide_next = false;
     let mut auth_next = false;
@@ -107,6 +137,10 @@ pub fn redact_args(argv: &[String]) -> Vec<String> {
         if let Some(pos) = lower.find("authorization:") {
             let keep = pos + "authorization:".len();
             out.push(format!("{} {REDACTED}", &arg[..keep]));
+            continue;
+        }
+        if scripts && arg.contains(char::is_whitespace) {
+            out.push(redact_script(arg));
             continue;
         }
         if auth_next && lower.starts_with("bearer ") {
@@ -159,6 +193,48 @@ mod tests {
 
     fn line(args: &[&str]) -> String {
         cmd_line(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn secrets_inside_a_script_argument_are_redacted() {
+        for (args, secret) in [
+            (
+                vec![
+                    "bash",
+                    "-ic",
+                    "cd x && sh -c 'echo x >$0' f --password hx-s3cr3t && true",
+                ],
+                "hx-s3cr3t",
+            ),
+            (
+                vec![
+                    "sh",
+                    "-c",
+                    "mysql --password 'two words'\n AWS_SECRET_ACCESS_KEY=abc1 aws s3 ls",
+                ],
+                "two words",
+            ),
+            (
+                vec!["sh", "-c", "AWS_SECRET_ACCESS_KEY=abc1 aws s3 ls"],
+                "abc1",
+            ),
+            (vec!["sh", "-c", "tool --api-key=k3y-9 run"], "k3y-9"),
+            (
+                vec![
+                    "sh",
+                    "-c",
+                    "curl -H 'Authorization: Bearer tok-77' https://u:pw-5@h/x",
+                ],
+                "tok-77",
+            ),
+            (vec!["sh", "-c", "curl https://u:pw-5@h/x"], "pw-5"),
+        ] {
+            let l = line(&args);
+            assert!(!l.contains(secret), "{secret} in {l}");
+            assert!(l.contains("REDACTED"), "{l}");
+        }
+        assert!(!line(&["sh", "-c", "mysql --password 'two words' -e x"]).contains("words"));
+        assert_eq!(line(&["sh", "-c", "ls  -l\tdata"]), "sh -c ls -l data");
     }
 
     #[test]

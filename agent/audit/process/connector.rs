@@ -29,6 +29,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{bind, recv, send, setsockopt, sockopt, MsgFlags, NetlinkAddr};
 
 use super::table::ProcessTable;
+use crate::audit::change::now_ms;
 
 const NETLINK_CONNECTOR: libc::c_int = 11;
 const NLMSG_HDR: usize = 16;
@@ -337,7 +338,15 @@ impl Feeder {
                 let mut evs = Vec::new();
                 while !flag.load(Ordering::SeqCst) {
                     evs.clear();
-                    if let Err(e) = conn.read(&mut evs, Duration::from_millis(200)) {
+                    // First without waiting: an empty socket means every event sent before
+                    // `t` is applied (lookups of a just-forked pid wait for that).
+                    let t = now_ms();
+                    let mut r = conn.read(&mut evs, Duration::ZERO);
+                    if r.is_ok() && evs.is_empty() {
+                        table.set_drained(t);
+                        r = conn.read(&mut evs, Duration::from_millis(200));
+                    }
+                    if let Err(e) = r {
                         tracing::error!(error = %e, "Reading the process-events connector failed; attribution falls back to /proc at event time.");
                         table.set_feed(Err(e.to_string()));
                         return;

@@ -27,6 +27,11 @@ use super::cmdline;
 use super::jupyter::{self, JupyterRole};
 use crate::audit::change::now_ms;
 
+/// Without the connector: a live process is re-checked against `/proc` at most this often.
+pub const UNFED_CHECK_MS: i64 = 500;
+/// Without the connector: `/proc` is rescanned this often (exits nobody reported).
+pub const UNFED_SCAN_MS: i64 = 60_000;
+
 /// Start times this close (ms) are one process (a clock tick is 10 ms).
 pub const SAME_START_MS: i64 = 20;
 
@@ -134,6 +139,13 @@ struct Inner {
     feed_missing: Option<String>,
     lost: u64,
     read_at_lookup: u64,
+    /// Without the connector: when each pid's live incarnation was last checked against
+    /// `/proc`, and when `/proc` was last scanned (see [`ProcessTable::check_unfed`]).
+    checked: HashMap<u32, i64>,
+    last_scan_ms: i64,
+    /// Wall-clock ms before the connector's last read that found its socket empty: every
+    /// process event sent before it has been applied.
+    drained_ms: i64,
 }
 
 pub struct ProcessTable {
@@ -185,6 +197,9 @@ impl ProcessTable {
                 feed_missing: Some("the process-events connector was not started".into()),
                 lost: 0,
                 read_at_lookup: 0,
+                checked: HashMap::new(),
+                last_scan_ms: now,
+                drained_ms: i64::MIN,
             }),
         }
     }
@@ -192,6 +207,56 @@ impl ProcessTable {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent-enough data (plain inserts/removes).
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connector found its socket empty on a read begun at `at_ms`.
+    pub fn set_drained(&self, at_ms: i64) {
+        self.lock().drained_ms = at_ms;
+    }
+
+    /// Waits (at most `max`) until the connector has applied every process event sent before
+    /// `at_ms`; false when it did not in time or does not feed the table.
+    pub fn await_drained(&self, at_ms: i64, max: Duration) -> bool {
+        let until = std::time::Instant::now() + max;
+        loop {
+            {
+                let g = self.lock();
+                if g.feed_missing.is_some() {
+                    return false;
+                }
+                if g.drained_ms >= at_ms {
+                    return true;
+                }
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A pid whose event was just read: read `/proc/<pid>` now, while the process most likely
+    /// still runs, unless the table already knows what it runs (a fork copy does not count: the
+    /// child may have exec'd since). Without the connector, also re-checked as by a lookup.
+    pub fn prime(&self, pid: u32) {
+        let known = self.live(pid);
+        if known.as_ref().is_some_and(|i| i.seen != Seen::Fork) {
+            if self.lock().feed_missing.is_some() {
+                let _ = self.lookup(pid, now_ms());
+            }
+            return;
+        }
+        let Ok(r) = read_proc(&self.cfg.proc_root, pid) else {
+            return;
+        };
+        if let Some(k) = &known {
+            if (self.created_ms(r.start_ticks) - k.created_time_ms).abs() > SAME_START_MS {
+                return; // not the incarnation the table knows: a lookup sorts that out
+            }
+        }
+        let info = self.info_from_read(r, Seen::Lookup, known.map(|k| k.ppid));
+        self.lock().read_at_lookup += 1;
+        self.upsert(info);
     }
 
     /// Whether the connector feeds the table (`Ok`) or why not.
@@ -309,6 +374,8 @@ impl ProcessTable {
                 let info = self.info_from_read(r, Seen::Exec, fork_parent);
                 self.upsert(info);
             }
+            // A read at one of its events (`prime`) already saw the program it runs now.
+            Err(_) if prev.as_ref().is_some_and(|p| p.seen == Seen::Lookup) => {}
             Err(_) => {
                 // The new program is unknown: keep who it was, drop what it ran.
                 let note = format!(
@@ -405,7 +472,10 @@ impl ProcessTable {
             }
         }
         let note = match (&r.argv, &r.exe) {
-            (None, _) => Some("no command line (a zombie or kernel thread)".to_string()),
+            (None, _) => Some(
+                "no command line: it had exited (a zombie) when /proc was read, or is a kernel thread"
+                    .to_string(),
+            ),
             (_, None) => Some(format!("/proc/{}/exe unreadable", r.pid)),
             _ => None,
         };
@@ -507,6 +577,7 @@ impl ProcessTable {
     /// alive at some point of that window count; more than one is an honest "cannot tell".
     pub fn lookup_between(&self, pid: u32, not_before_ms: i64, at_ms: i64) -> Lookup {
         let now = now_ms();
+        self.check_unfed(pid, now);
         let (cands, later, feed_missing) = {
             let mut g = self.lock();
             self.expire(&mut g, now);
@@ -560,6 +631,58 @@ impl ProcessTable {
                     "process {pid} exited before it could be read and the process-events connector did not report it"
                 ),
             }),
+        }
+    }
+
+    /// Without the connector nobody reports exits: before a live incarnation of `pid` is
+    /// trusted, `/proc/<pid>` must still be that process (checked at most every
+    /// [`UNFED_CHECK_MS`] per pid). A gone one is marked exited now; another one (the pid was
+    /// reused) is read, which marks the old one exited. `/proc` is rescanned every
+    /// [`UNFED_SCAN_MS`], so processes never asked about again do not stay "live" forever.
+    fn check_unfed(&self, pid: u32, now: i64) {
+        let (live, scan) = {
+            let mut g = self.lock();
+            if g.feed_missing.is_none() {
+                return;
+            }
+            let scan = now - g.last_scan_ms >= UNFED_SCAN_MS;
+            if scan {
+                g.last_scan_ms = now;
+                g.checked.clear();
+            }
+            let live = g
+                .by_pid
+                .get(&pid)
+                .and_then(|v| v.last())
+                .filter(|i| i.exited_ms.is_none())
+                .map(|i| i.created_time_ms);
+            let fresh = g
+                .checked
+                .get(&pid)
+                .is_some_and(|t| now - t < UNFED_CHECK_MS);
+            if live.is_some() && !fresh {
+                g.checked.insert(pid, now);
+            }
+            (live.filter(|_| !fresh), scan)
+        };
+        if scan {
+            self.scan();
+        }
+        let Some(created) = live else { return };
+        let start = std::fs::read(self.cfg.proc_root.join(format!("{pid}/stat")))
+            .ok()
+            .and_then(|b| parse_stat(&b))
+            .map(|(_, _, t, _)| self.created_ms(t));
+        match start {
+            Some(c) if (c - created).abs() <= SAME_START_MS => {}
+            Some(_) => match read_proc(&self.cfg.proc_root, pid) {
+                Ok(r) => {
+                    let info = self.info_from_read(r, Seen::Lookup, None);
+                    self.upsert(info);
+                }
+                Err(_) => self.mark_exited(&mut self.lock(), pid, Some(created), now),
+            },
+            None => self.mark_exited(&mut self.lock(), pid, Some(created), now),
         }
     }
 
@@ -784,6 +907,49 @@ mod tests {
             panic!("after cp exited, pid 700 is the new process")
         };
         assert_eq!(new.name.as_deref(), Some("evil"));
+    }
+
+    #[test]
+    fn without_the_connector_a_reused_pid_is_read_again_not_taken_for_the_old_process() {
+        use nix::time::{clock_gettime, ClockId};
+        // Start times within the grace period (an exited process older than it is forgotten).
+        let boot_secs = clock_gettime(ClockId::CLOCK_BOOTTIME).unwrap().tv_sec();
+        let now_ticks = u64::try_from(boot_secs).unwrap() * 100;
+        let (first_t, second_t) = (now_ticks - 3000, now_ticks - 1000);
+        let d = tempfile::tempdir().unwrap();
+        fake_proc(d.path(), &[(900, 1, "first", first_t, &["first"], 1000)]);
+        let t = table(d.path());
+        t.set_feed(Err("ECONNREFUSED".into()));
+        let first_at = t.created_ms(first_t) + 1;
+        assert!(
+            matches!(t.lookup(900, first_at), Lookup::Known(i) if i.name.as_deref() == Some("first"))
+        );
+        // The first process exits unreported and the pid is reused by a later one.
+        fake_proc(d.path(), &[(900, 1, "second", second_t, &["second"], 0)]);
+        std::thread::sleep(Duration::from_millis(UNFED_CHECK_MS as u64 + 20));
+        let second_at = t.created_ms(second_t) + 1;
+        let r = t.lookup_between(900, t.created_ms(second_t) + 100, second_at + 100);
+        assert!(
+            matches!(&r, Lookup::Known(i) if i.name.as_deref() == Some("second")),
+            "{r:?}"
+        );
+        // Read after both ran, with no lower bound: either may have acted, and that is said.
+        let r = t.lookup(900, second_at);
+        assert!(
+            matches!(&r, Lookup::Unknown(s) if s.contains("2 processes")),
+            "{r:?}"
+        );
+        // An event from before the reuse is still the first process's.
+        let r = t.lookup_between(900, first_at, first_at);
+        assert!(
+            matches!(&r, Lookup::Known(i) if i.name.as_deref() == Some("first")),
+            "{r:?}"
+        );
+        // And a pid whose process is gone is marked exited, not kept live forever.
+        std::fs::remove_dir_all(d.path().join("900")).unwrap();
+        std::thread::sleep(Duration::from_millis(UNFED_CHECK_MS as u64 + 20));
+        let _ = t.lookup(900, second_at);
+        assert_eq!(t.stats().live, 0, "{:?}", t.all());
     }
 
     #[test]

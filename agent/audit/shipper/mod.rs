@@ -7,8 +7,10 @@
 //! is the service loop, [`stats`] its counters.
 //!
 //! The loop:
-//! - reads from a [`SpoolSource`] until a batch is (nearly) full or the oldest record read has
-//!   waited `flush` (default 1 s), then builds and sends;
+//! - reads from a [`SpoolSource`] until a batch is (nearly) full, the spool has had nothing new
+//!   for `idle` (50 ms: the watcher went quiet), or the oldest record read has waited `flush`
+//!   (default 1 s, the upper bound), then builds and sends ([`fill`]: full calls while a backlog
+//!   exists);
 //! - sends PutLogEvents first, always: no DescribeLogStreams, ever. ResourceNotFound creates the
 //!   stream (and the group, with KMS key and retention, when the group is the missing one),
 //!   ResourceAlreadyExists counts as success, and the batch is sent again;
@@ -24,6 +26,7 @@
 
 pub mod batch;
 pub mod client;
+pub mod fill;
 pub mod retry;
 pub mod stats;
 
@@ -104,6 +107,8 @@ pub struct ShipperConfig {
     pub kms_key_id: Option<String>,
     /// Longest wait before a partial batch is sent.
     pub flush: Duration,
+    /// A partial batch is sent once the spool has had nothing new for this long.
+    pub idle: Duration,
     /// How often an empty spool is polled.
     pub poll: Duration,
     /// Bound on the shutdown drain.
@@ -134,6 +139,7 @@ impl ShipperConfig {
             retention_days: None,
             kms_key_id: None,
             flush: Duration::from_millis(1000),
+            idle: Duration::from_millis(50),
             poll: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(20),
             state_dir,
@@ -319,38 +325,25 @@ impl<S: SpoolSource> Shipper<S> {
             flush_ms = self.cfg.flush.as_millis() as u64,
             "Shipping audit events to CloudWatch Logs."
         );
-        let max_events = self.cfg.limits.max_events;
-        let max_bytes = self.cfg.limits.max_bytes;
-        // Ship when within 1/16 of the byte limit: the next record may not fit anyway.
-        let nearly_full_bytes = max_bytes - max_bytes / 16;
-        let mut pending: Vec<Record> = Vec::new();
-        let mut pending_bytes = 0usize;
-        let mut pending_since: Option<Instant> = None;
+        let mut fill = fill::Fill::new(&self.cfg.limits);
         loop {
             self.note_shutdown();
             let mut read_any = false;
-            let room = max_events.saturating_sub(pending.len());
-            let room_bytes = max_bytes.saturating_sub(pending_bytes);
-            if room > 0 && room_bytes > 0 {
-                match self.source.read_batch(room, room_bytes) {
-                    Ok(recs) if !recs.is_empty() => {
-                        read_any = true;
-                        pending_bytes += recs.iter().map(Record::wire_bytes).sum::<usize>();
-                        pending.extend(recs);
-                        pending_since.get_or_insert_with(Instant::now);
+            let room = fill.room();
+            if let Some((records, bytes)) = room {
+                match self.source.read_batch(records, bytes) {
+                    Ok(recs) => {
+                        read_any = !recs.is_empty();
+                        fill.add(recs, Instant::now());
                     }
-                    Ok(_) => {}
                     Err(e) => self.note_error(&format!("spool read failed: {e}")),
                 }
             }
             let now = Instant::now();
-            let full = pending.len() >= max_events || pending_bytes >= nearly_full_bytes;
-            let due = pending_since.is_some_and(|t| now.duration_since(t) >= self.cfg.flush)
-                || self.deadline.is_some();
-            if !pending.is_empty() && (full || due) {
-                let records = std::mem::take(&mut pending);
-                pending_bytes = 0;
-                pending_since = None;
+            let ready = fill.ready(now, self.cfg.flush, self.cfg.idle);
+            if ready.is_some() || (self.deadline.is_some() && !fill.is_empty()) {
+                let records = fill.take();
+                debug!(events = records.len(), why = ?ready, "Sending a batch.");
                 if self.ship(records).await.is_err() {
                     warn!(
                         acked_seq = ?self.stats.acked_seq,
@@ -361,24 +354,17 @@ impl<S: SpoolSource> Shipper<S> {
                 continue;
             }
             if let Some(deadline) = self.deadline {
-                if (pending.is_empty() && !read_any) || now >= deadline {
+                if (fill.is_empty() && !read_any) || now >= deadline {
                     info!(acked_seq = ?self.stats.acked_seq, "Drained.");
                     break;
                 }
                 continue;
             }
-            if read_any && room > 0 {
+            if read_any && fill.room().is_some() {
                 // More may be waiting right now: read again before sleeping.
                 continue;
             }
-            let wait = match pending_since {
-                Some(t) => self
-                    .cfg
-                    .flush
-                    .saturating_sub(now.duration_since(t))
-                    .min(self.cfg.poll),
-                None => self.cfg.poll,
-            };
+            let wait = fill.wait(now, self.cfg.flush, self.cfg.idle, self.cfg.poll);
             self.sleep_or_shutdown(wait).await;
             self.maybe_persist(false);
         }

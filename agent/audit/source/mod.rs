@@ -1,8 +1,8 @@
 //! Where file-system events come from: one vocabulary ([`RawEvent`]) that every event source
 //! yields, so the processor (`watcher`) never sees an inotify watch descriptor or a fanotify file
-//! handle. docs/WATCHER-DESIGN.md has the plan; today only the fanotify source lives here
-//! (`fanotify`), the inotify reader still sits in `watcher.rs` until step 3 moves it behind
-//! [`Source`].
+//! handle. docs/WATCHER-DESIGN.md has the plan. `fanotify` is a [`Source`] as it stands;
+//! `inotify` has a reader half and a processor half (its watch paths must be resolved in the
+//! processor's order), and its processor half decodes into the same [`RawEvent`]s.
 //!
 //! Facts the vocabulary follows from (fanotify(7), inotify(7), measured on 6.18):
 //! - fanotify reports the acting process (`pid`), inotify never does (`pid: None`).
@@ -19,6 +19,7 @@
 //!   or a `Create` (moved in).
 
 pub mod fanotify;
+pub mod inotify;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;

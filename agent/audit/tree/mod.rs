@@ -117,6 +117,9 @@ struct Cached {
 /// its `Node` and `Entries` records.
 type Placed = (u64, Option<(usize, u32)>, Option<(usize, u32)>);
 
+/// Cached directories used within this many tree operations are never evicted.
+const RECENT_OPS: u64 = 4;
+
 /// The root of every path: `/`, id 0, never stored as a `Node` record.
 const ROOT: u64 = 0;
 
@@ -852,13 +855,15 @@ impl Tree {
         if self.cache_bytes + incoming <= budget {
             return;
         }
-        // The most recently used directory stays: it is the one being worked on (and may alone
-        // be larger than the budget).
-        let mru = self.tick;
+        // The directories used in the last few operations stay: they are the ones being worked
+        // on, and one may alone be larger than the budget. Evicting it because a small one (its
+        // parent, say) was loaded would decode it again at its next event: quadratic in a burst
+        // into one large directory (100,000 files in one directory stalled the processor).
+        let recent = self.tick.saturating_sub(RECENT_OPS);
         let mut clean: Vec<(u64, u64)> = self
             .cache
             .iter()
-            .filter(|(_, c)| !c.dirty && c.used != mru)
+            .filter(|(_, c)| !c.dirty && c.used <= recent)
             .map(|(id, c)| (c.used, *id))
             .collect();
         clean.sort_unstable();

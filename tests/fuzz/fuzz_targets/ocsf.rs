@@ -122,6 +122,7 @@ fuzz_target!(|data: &[u8]| {
         facts,
         time_ms: 1_700_000_000_000,
         source: Source::Live,
+        pid: None,
     };
     let rec = line_round_trip(&ocsf::file_activity_with_uid(&ch, &ctx, 1, "uid"));
     match &kind {
@@ -170,6 +171,9 @@ fuzz_target!(|data: &[u8]| {
         paths: vec![tree, Path::new("/etc").to_path_buf()],
         watches: 1,
         catch_up_changes: 0,
+        source: "fanotify".into(),
+        source_reason: "fanotify: filesystem mark through /x".into(),
+        actors: "process-events connector".into(),
     };
     let rec = line_round_trip(&ocsf::agent_event_with_uid(&started, &ctx, 3, 0, "uid"));
     let listed = &rec["unmapped"]["paths"][0];
