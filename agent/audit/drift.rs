@@ -37,6 +37,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use super::change::{now_ms, AgentEvent};
 use super::daemon::DaemonReport;
+use super::health;
 use crate::config::ValidConfig;
 use crate::control::apply::apply;
 use crate::control::{state::STATE_FILE, Context, Control, Finding};
@@ -68,6 +69,10 @@ pub struct DriftOptions {
     /// Longest wait for the daemon's first `daemon.json` before the first heartbeat (so that it
     /// carries the daemon's health rather than "never ran").
     pub first_heartbeat_wait: Duration,
+    /// How often the audit's problems (read from `daemon.json` and `shipper.json`) are compared
+    /// with the last heartbeat's: a change sends a heartbeat at once, so the stream records when
+    /// shipping was refused or the spool began dropping, not up to `heartbeat` later.
+    pub audit_check: Duration,
 }
 
 impl DriftOptions {
@@ -79,6 +84,7 @@ impl DriftOptions {
             debounce: Duration::from_millis(200),
             poll: Duration::from_millis(50),
             first_heartbeat_wait: Duration::from_secs(10),
+            audit_check: Duration::from_secs(1),
         }
     }
 }
@@ -276,6 +282,8 @@ struct Monitor {
     repair_failed: HashMap<String, String>,
     /// Compliance in the last heartbeat.
     last_compliant: Option<bool>,
+    /// The audit problems the last heartbeat carried.
+    last_audit: Option<Vec<&'static str>>,
     armed_logged: bool,
 }
 
@@ -510,6 +518,7 @@ impl Monitor {
             }
         };
         self.last_compliant = Some(compliant);
+        self.last_audit = Some(self.audit_problems());
         self.send(AgentEvent::Heartbeat {
             uptime_secs: 0,
             drifted,
@@ -518,6 +527,20 @@ impl Monitor {
             watches: 0,
             status: value,
         });
+    }
+
+    /// What fails in the audit rows now (no network: the daemon's and the shipper's state files).
+    fn audit_problems(&self) -> Vec<&'static str> {
+        let mut p = health::assess(&self.root, &self.config, now_ms()).1;
+        p.sort_unstable();
+        p
+    }
+
+    /// Whether the audit's problems differ from the last heartbeat's.
+    fn audit_changed(&self) -> bool {
+        self.last_audit
+            .as_ref()
+            .is_some_and(|last| *last != self.audit_problems())
     }
 
     /// Whether the daemon of this process has reported itself (its health is then known).
@@ -537,6 +560,7 @@ impl Monitor {
         let started = Instant::now();
         let mut next_full = Instant::now();
         let mut next_heartbeat: Option<Instant> = None;
+        let mut next_audit_check = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             self.collect(&BTreeSet::new());
             let now = Instant::now();
@@ -559,8 +583,12 @@ impl Monitor {
             let first_due = next_heartbeat.is_none()
                 && (self.daemon_reported() || started.elapsed() >= self.opts.first_heartbeat_wait);
             let periodic_due = next_heartbeat.is_some_and(|t| now >= t);
-            let changed =
+            let mut changed =
                 next_heartbeat.is_some() && compliant.is_some() && compliant != self.last_compliant;
+            if next_heartbeat.is_some() && !changed && now >= next_audit_check {
+                next_audit_check = now + self.opts.audit_check;
+                changed = self.audit_changed();
+            }
             if first_due || periodic_due || changed {
                 self.heartbeat();
                 next_heartbeat = Some(Instant::now() + self.opts.heartbeat);
@@ -597,6 +625,7 @@ impl DriftMonitor {
             reported: HashMap::new(),
             repair_failed: HashMap::new(),
             last_compliant: None,
+            last_audit: None,
             armed_logged: false,
         };
         let thread = std::thread::Builder::new()
