@@ -158,8 +158,49 @@ fn put(m: &mut Map<String, Value>, k: &str, v: Option<&str>) {
 
 /// The record as one line: compact JSON, no trailing newline. Control characters inside strings
 /// are escaped by JSON, so the line never contains a raw newline.
+///
+/// The same bytes as `v.to_string()`, made without its `fmt::Write` adapter: serde_json writes a
+/// record as a few hundred pieces of one or two bytes (quotes, colons, commas), and each became a
+/// call to musl's `memcpy`, whose `rep movs` costs tens of cycles however short the copy — a third
+/// of the daemon thread's CPU per event (docs/BENCHMARKS.md, "Cost per event"). [`LineBuf`] copies
+/// short pieces byte by byte into a buffer sized for a typical record.
 pub fn to_line(v: &Value) -> Vec<u8> {
-    v.to_string().into_bytes()
+    let mut buf = LineBuf(Vec::with_capacity(LINE_CAPACITY));
+    // Writing to memory cannot fail, and a `Value` always serializes (string keys only).
+    if serde_json::to_writer(&mut buf, v).is_err() {
+        return v.to_string().into_bytes();
+    }
+    buf.0
+}
+
+/// A file record with a process actor is 1.5–3 kB.
+const LINE_CAPACITY: usize = 4096;
+
+/// An in-memory writer that does not call `memcpy` for short pieces.
+struct LineBuf(Vec<u8>);
+
+impl std::io::Write for LineBuf {
+    #[inline]
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if b.len() <= 16 {
+            self.0.reserve(b.len());
+            for &x in b {
+                self.0.push(x);
+            }
+        } else {
+            self.0.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.write(b).map(|_| ())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A File System Activity (1001) record with a fresh event uid.
@@ -1156,6 +1197,11 @@ mod tests {
             for kind in [ChangeKind::Create, ChangeKind::Rename { from: p.clone() }] {
                 let r = file_activity(&change(kind, p.clone()), &ctx(), 1);
                 let line = to_line(&r);
+                assert_eq!(
+                    line,
+                    r.to_string().into_bytes(),
+                    "to_line is Display's bytes"
+                );
                 assert!(!line.contains(&b'\n') && !line.contains(&b'\r'));
                 assert!(!line.ends_with(b"\n"));
                 let back: Value = serde_json::from_slice(&line).unwrap();

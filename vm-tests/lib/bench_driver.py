@@ -374,6 +374,9 @@ def start_contender(args, contender, cg, port, logdir):
     if contender == "agent":
         agent_root(args.root, args.watch, port)
         env["RUST_LOG"] = "warn"
+        # NOTEBOOK_AGENT_SOURCE=inotify forces the fallback source (fanotify vs inotify runs).
+        if os.environ.get("NOTEBOOK_AGENT_SOURCE"):
+            env["NOTEBOOK_AGENT_SOURCE"] = os.environ["NOTEBOOK_AGENT_SOURCE"]
         cmd = [args.agent_bin, "watch", "--root", args.root]
     elif contender == "inotifywait":
         env["ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
