@@ -7,18 +7,19 @@
 //! A change without a pid keeps the file-owner actor of `ocsf::file_activity`
 //! (`actor_basis: file_owner`): catch-up and rescans find changes no event named.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use super::change::{FsChange, Source};
 use super::ocsf::Context;
-use super::ocsf_actor::{actor, attribute, Attribution};
+use super::ocsf_actor::{actor, attribute, attribute_with, Attribution};
 use super::process::connector::Feeder;
 use super::process::jupyter::descent;
 use super::process::table::{Seen, TableStats, UserLookup};
-use super::process::{Lookup, ProcessTable, TableConfig};
+use super::process::{Lookup, ProcessInfo, ProcessTable, TableConfig};
 use super::watcher::PidHook;
 
 /// The process table and what feeds it, for the life of the daemon.
@@ -27,7 +28,24 @@ pub struct Attributor {
     /// Stops the connector thread when dropped.
     _feeder: Option<Feeder>,
     feed: String,
+    /// The rendered actor of each process incarnation seen lately (see [`Rendered`]).
+    rendered: Mutex<Rendered>,
 }
+
+/// Actors already rendered, by the table's entry for the process: a burst of changes by one
+/// process (a `cp -r`, an `rm -r`, a training job's checkpoints) renders its actor once instead
+/// of looking up its parent and Jupyter descent and building the OCSF objects per record. The
+/// key is the address of the table's `Arc<ProcessInfo>`, which the table replaces whenever it
+/// learns something new about the process (exec, exit note); the entry holds that `Arc`, so the
+/// address cannot be reused while it is cached. Only complete renderings are kept (the parent
+/// known): a process whose parent was not known yet is looked up again next time.
+#[derive(Default)]
+struct Rendered {
+    by_info: HashMap<usize, (Arc<ProcessInfo>, ActorFields)>,
+}
+
+/// Processes whose actor stays rendered; all are forgotten when more are seen.
+const RENDERED_MAX: usize = 256;
 
 impl Attributor {
     /// Scans `/proc` and starts the connector (or says why it cannot).
@@ -48,6 +66,7 @@ impl Attributor {
             table,
             _feeder: feeder,
             feed,
+            rendered: Mutex::new(Rendered::default()),
         }
     }
 
@@ -83,7 +102,33 @@ impl Attributor {
             }
             return;
         };
-        self.resolve(pid, ch.time_ms, |a, _| attribute(record, a, ctx));
+        let lookup = self.lookup(pid, ch.time_ms);
+        let Lookup::Known(info) = &lookup else {
+            return self.render(pid, lookup, |a, _| attribute(record, a, ctx));
+        };
+        let key = Arc::as_ptr(info) as usize;
+        let cached = self.cache().by_info.get(&key).map(|(_, f)| f.clone());
+        let fields = match cached {
+            Some(f) => f,
+            None => {
+                let keep = Arc::clone(info);
+                let (fields, complete) =
+                    self.render(pid, lookup, |a, _| (actor(a, ctx), a.parent.is_some()));
+                if complete || keep.ppid <= 1 {
+                    let mut cache = self.cache();
+                    if cache.by_info.len() >= RENDERED_MAX {
+                        cache.by_info.clear();
+                    }
+                    cache.by_info.insert(key, (keep, fields.clone()));
+                }
+                fields
+            }
+        };
+        attribute_with(record, fields);
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Rendered> {
+        self.rendered.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The OCSF actor (and its `unmapped` fields) of `pid` at `time_ms`, with a key that names
@@ -108,13 +153,23 @@ impl Attributor {
     }
 
     fn resolve<R>(&self, pid: u32, time_ms: i64, f: impl FnOnce(&Attribution<'_>, i64) -> R) -> R {
-        let mut lookup = self.table.lookup(pid, time_ms);
+        self.render(pid, self.lookup(pid, time_ms), f)
+    }
+
+    /// The table's entry for `pid` at `time_ms`.
+    fn lookup(&self, pid: u32, time_ms: i64) -> Lookup {
+        let lookup = self.table.lookup(pid, time_ms);
         // Known only as a fork of its parent: its exec may still be in the connector's queue.
         if matches!(&lookup, Lookup::Known(i) if i.seen == Seen::Fork)
             && self.table.await_drained(time_ms, EXEC_WAIT)
         {
-            lookup = self.table.lookup(pid, time_ms);
+            return self.table.lookup(pid, time_ms);
         }
+        lookup
+    }
+
+    /// `f` of the attribution of `lookup` (its parent and Jupyter descent looked up).
+    fn render<R>(&self, pid: u32, lookup: Lookup, f: impl FnOnce(&Attribution<'_>, i64) -> R) -> R {
         let (parent, jupyter, created) = match &lookup {
             Lookup::Known(info) => (
                 self.table.parent(info),
@@ -195,6 +250,28 @@ mod tests {
         let basis = r["unmapped"]["actor_basis"].as_str().unwrap_or_default();
         assert!(basis.starts_with("unknown: "), "{r:#}");
         assert_eq!(r["actor"]["user"]["name"], "unknown", "{r:#}");
+    }
+
+    #[test]
+    fn a_process_is_rendered_once_and_its_records_stay_the_same() {
+        let a = Attributor::with_table(ProcessTable::new(
+            TableConfig::default(),
+            Box::new(|_| None),
+        ));
+        let me = std::process::id();
+        let ch = change(Some(me), Source::Live);
+        let mut first = ocsf::file_activity(&ch, &ctx(), 1);
+        a.apply(&mut first, &ch, &ctx());
+        assert_eq!(a.cache().by_info.len(), 1, "rendered and kept");
+        let mut again = ocsf::file_activity(&ch, &ctx(), 1);
+        a.apply(&mut again, &ch, &ctx());
+        assert_eq!(a.cache().by_info.len(), 1);
+        assert_eq!(first["actor"], again["actor"]);
+        assert_eq!(first["unmapped"], again["unmapped"]);
+        // The same as rendering without the cache.
+        let mut fresh = ocsf::file_activity(&ch, &ctx(), 1);
+        a.resolve(me, ch.time_ms, |x, _| attribute(&mut fresh, x, &ctx()));
+        assert_eq!(fresh["actor"], again["actor"]);
     }
 
     #[test]

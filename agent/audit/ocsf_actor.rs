@@ -126,7 +126,11 @@ pub fn actor(a: &Attribution<'_>, ctx: &Context) -> (Value, Map<String, Value>) 
 /// Puts the attribution into a file record made by `ocsf::file_activity`: its `actor` is
 /// replaced, `unmapped.actor_basis` overwritten and the other fields added.
 pub fn attribute(record: &mut Value, a: &Attribution<'_>, ctx: &Context) {
-    let (act, extra) = actor(a, ctx);
+    attribute_with(record, actor(a, ctx));
+}
+
+/// [`attribute`] with an actor already rendered by [`actor`].
+pub fn attribute_with(record: &mut Value, (act, extra): (Value, Map<String, Value>)) {
     if let Some(r) = record.as_object_mut() {
         r.insert("actor".into(), act);
         let unmapped = r
