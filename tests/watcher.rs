@@ -1019,8 +1019,12 @@ fn the_spool_directory_is_excluded_wherever_it_moves_and_every_move_is_reported(
     std::fs::create_dir(&spool).expect("mkdir fake");
     std::fs::write(spool.join("hidden.csv"), "h").expect("write");
     let outs = drain(&rx);
+    // The scan of the new directory may find hidden.csv between its creation and its write (then
+    // the write is an update of its own): both are right, nothing else is.
+    let mut got = sorted(summary(&fx.root, &outs));
+    got.retain(|l| l != "update .notebook-agent/hidden.csv");
     assert_eq!(
-        sorted(summary(&fx.root, &outs)),
+        got,
         s(&[
             "create .notebook-agent",
             "create .notebook-agent/hidden.csv"
