@@ -484,7 +484,17 @@ hx_excluded_dir() {
 # ec2-user — or say `unknown: <why>` — never the spoofed name, another process or another user,
 # and the secret must not reach CloudWatch (docs/THREAT-MODEL.md T24–T26).
 hx_evade_attribution() {
-  local tag=evade-$RANDOM who='\[[0-9]+\] ec2-user' unknown='\? \(unknown: ' userns=yes
+  local tag=evade-$RANDOM who='\[[0-9]+\] ec2-user' unknown='\? \(unknown: ' userns=yes sh_by
+  # sh writes and exits at once. With the process-events connector the agent has its exec on
+  # record and must name it; without it (the sandbox: another network namespace, no CAP_NET_ADMIN,
+  # docs/WATCHER-DESIGN.md) /proc is read when the event is, and on a loaded machine (CI's 2 cores
+  # running 10,000 /bin/true) sh can be gone by then: "unknown: process N exited before it could
+  # be read", never another process (T24).
+  sh_by="sh$who"
+  if sandbox_exec notebook-agent status 2>&1 | grep -qF '/proc at event time only'; then
+    sh_by="(sh$who|${unknown}process [0-9]+ exited before it could be read)"
+    echo "the connector is refused here (status: /proc at event time only): sh may be unknown with the exit named"
+  fi
   lc_as_terminal "cd $LC_SM && touch $tag-a.txt && cp $tag-a.txt $tag-b.txt && rm -f $tag-a.txt &&
     sh -c 'echo x >\$0' $tag-c.txt --password hx-cmdline-$HX_SECRET &&
     (exec -a jupyter cp $tag-b.txt $tag-d.txt) &&
@@ -494,10 +504,10 @@ hx_evade_attribution() {
     "Create +$LC_SM/$tag-a\.txt .* by (touch$who|$unknown)"
     "Create +$LC_SM/$tag-b\.txt .* by (cp$who|$unknown)"
     "Delete +$LC_SM/$tag-a\.txt .* by (rm$who|$unknown)"
-    "Create +$LC_SM/$tag-c\.txt .* by sh$who"
+    "Create +$LC_SM/$tag-c\.txt .* by $sh_by"
     "Create +$LC_SM/$tag-d\.txt .* by (cp$who|$unknown)"
     "Create +$LC_SM/$tag-e\.txt .* by (pdf-viewer$who|$unknown)"
-    "Create +$LC_SM/$tag-f\.txt .* by sh$who"
+    "Create +$LC_SM/$tag-f\.txt .* by $sh_by"
   )
   if lc_as_terminal "unshare -r true" >/dev/null 2>&1; then
     lc_as_terminal "cd $LC_SM && unshare -r sh -c 'echo x >\$0' $tag-g.txt" || return 2
