@@ -78,6 +78,52 @@ impl FileKind {
     }
 }
 
+/// A sha256 digest, kept as its 32 bytes; the hex form is made only when a record is written.
+/// (As a hex `String` it was a heap block of 64 bytes plus the allocator's header per cached
+/// directory entry and per queued change: the largest part of a cached entry.)
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// From 64 hex digits (either case); `None` for anything else.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (o, pair) in out.iter_mut().zip(b.chunks(2)) {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            *o = (hi * 16 + lo) as u8;
+        }
+        Some(Self(out))
+    }
+
+    /// Lowercase hex, as the records carry it.
+    pub fn hex(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(DIGITS[usize::from(b >> 4)] as char);
+            s.push(DIGITS[usize::from(b & 15)] as char);
+        }
+        s
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
 /// Facts about a file from one `lstat` (never following a symlink).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileFacts {
@@ -89,8 +135,8 @@ pub struct FileFacts {
     pub mode: u32,
     pub inode: u64,
     pub mtime_ms: i64,
-    /// Lowercase hex sha256 of the contents, for regular files up to `audit.hash_max_bytes`.
-    pub sha256: Option<String>,
+    /// sha256 of the contents, for regular files up to `audit.hash_max_bytes`.
+    pub sha256: Option<Digest>,
     /// Why there is no hash although the file is regular ("over hash_max_bytes", "vanished", …).
     pub hash_note: Option<String>,
     /// The target of a symbolic link, as stored in the link (never followed).

@@ -22,9 +22,9 @@ use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::fcntl::{open, openat, OFlag};
 use nix::sys::stat::{fstatat, Mode, SFlag};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
-use super::change::{ChangeKind, FileKind, FsChange};
+use super::change::{ChangeKind, Digest, FileKind, FsChange};
 
 /// Default read rate of all hash workers together: 200 MiB/s.
 pub const DEFAULT_BYTES_PER_SEC: u64 = 200 * 1024 * 1024;
@@ -174,7 +174,7 @@ fn open_below(tree: &Path, path: &Path) -> Result<OwnedFd, String> {
     openat(dir.as_fd(), *name, flags, Mode::empty()).map_err(|e| open_err(e, true))
 }
 
-/// Lowercase hex sha256 of the regular file `path` below `tree`, or the note saying why not.
+/// The sha256 of the regular file `path` below `tree`, or the note saying why not.
 /// `expect_inode` (from the watcher's lstat) guards against a file swapped in meanwhile.
 pub fn hash_file(
     tree: &Path,
@@ -182,7 +182,7 @@ pub fn hash_file(
     expect_inode: Option<u64>,
     max_bytes: u64,
     limiter: &RateLimiter,
-) -> Result<String, String> {
+) -> Result<Digest, String> {
     let mut file = File::from(open_below(tree, path)?);
     let before = file.metadata().map_err(|e| format!("fstat failed: {e}"))?;
     if !before.file_type().is_file() {
@@ -218,15 +218,11 @@ pub fn hash_file(
     {
         return Err(NOTE_CHANGED.to_string());
     }
-    Ok(hex(&sha.finalize()))
+    Ok(Digest(sha.finalize().into()))
 }
 
 fn over(size: u64, max: u64) -> String {
     format!("over hash_max_bytes ({size} > {max})")
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The tree `path` is hashed below: the longest configured tree containing it.
@@ -264,7 +260,7 @@ pub fn settle(ch: &mut FsChange, max_bytes: u64) -> bool {
         return true;
     }
     if facts.size == 0 {
-        facts.sha256 = Some(EMPTY_SHA256.to_string());
+        facts.sha256 = Digest::from_hex(EMPTY_SHA256);
         return true;
     }
     false
@@ -430,7 +426,7 @@ mod tests {
 
     #[test]
     fn an_empty_file_is_settled_without_a_read_and_others_are_not() {
-        assert_eq!(hex(&Sha256::digest(b"")), EMPTY_SHA256);
+        assert_eq!(Digest(Sha256::digest(b"").into()).hex(), EMPTY_SHA256);
         let d = tempfile::tempdir().unwrap();
         let empty = d.path().join("empty");
         std::fs::write(&empty, b"").unwrap();
@@ -438,7 +434,7 @@ mod tests {
         // Unreadable now: were it opened, the hash would be a note, not the digest.
         std::fs::remove_file(&empty).unwrap();
         assert!(settle(&mut ch, 10));
-        assert_eq!(ch.facts.unwrap().sha256.as_deref(), Some(EMPTY_SHA256));
+        assert_eq!(ch.facts.unwrap().sha256, Digest::from_hex(EMPTY_SHA256));
         let abc = d.path().join("abc");
         std::fs::write(&abc, b"abc").unwrap();
         let mut ch = change(&abc);
@@ -480,12 +476,12 @@ mod tests {
         std::fs::write(&p, "abc").unwrap();
         assert_eq!(
             hash_file(d.path(), &p, None, 10, &unlimited()),
-            Ok(ABC.into())
+            Ok(Digest::from_hex(ABC).unwrap())
         );
         let mut ch = change(&p);
         fill(&mut ch, &cfg(d.path()), &unlimited());
         let f = ch.facts.unwrap();
-        assert_eq!(f.sha256.as_deref(), Some(ABC));
+        assert_eq!(f.sha256, Digest::from_hex(ABC));
         assert_eq!(f.hash_note, None);
     }
 

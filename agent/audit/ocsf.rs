@@ -322,7 +322,7 @@ fn file_object(path: &Path, facts: Option<&FileFacts>, ctx: &Context) -> (Value,
         if let Some(sha) = &x.sha256 {
             f.insert(
                 "hashes".into(),
-                json!([{"algorithm_id": 3, "algorithm": "SHA-256", "value": sha}]),
+                json!([{"algorithm_id": 3, "algorithm": "SHA-256", "value": sha.hex()}]),
             );
         }
         extra.insert("mode".into(), json!(format!("{:04o}", x.mode)));
@@ -1126,7 +1126,7 @@ mod tests {
             mode: 0o644,
             inode: 42,
             mtime_ms: 1_700_000_000_123,
-            sha256: Some("ab".repeat(32)),
+            sha256: crate::audit::change::Digest::from_hex(&"ab".repeat(32)),
             hash_note: None,
             link_target: None,
         }

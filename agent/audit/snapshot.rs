@@ -16,7 +16,9 @@ use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use super::change::{now_ms, AgentEvent, ChangeKind, FileFacts, FileKind, FsChange, Source};
+use super::change::{
+    now_ms, AgentEvent, ChangeKind, Digest, FileFacts, FileKind, FsChange, Source,
+};
 use super::tree::record::{kind_from_u8, put_varint};
 
 /// The file name of the snapshot inside the directory the daemon gives.
@@ -96,7 +98,7 @@ impl Snapshot {
             put_varint(&mut out, (bytes.len() - shared) as u64);
             out.extend_from_slice(&bytes[shared..]);
             out.push(f.kind as u8);
-            let sha = f.sha256.as_deref().and_then(hex32);
+            let sha = f.sha256.map(|d| d.0);
             let flags = u8::from(sha.is_some()) | (u8::from(f.link_target.is_some()) << 1);
             out.push(flags);
             put_varint(&mut out, f.inode);
@@ -163,7 +165,7 @@ impl Snapshot {
             let gid = u32::try_from(r.varint()?)
                 .map_err(|_| SnapshotError::Malformed { index, what: "gid" })?;
             let sha256 = if flags & 1 != 0 {
-                Some(to_hex(r.take(32)?))
+                Some(digest(r.take(32)?))
             } else {
                 None
             };
@@ -430,22 +432,10 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn hex32(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in b.chunks(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
-    Some(out)
-}
-
-fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+fn digest(b: &[u8]) -> Digest {
+    let mut d = [0u8; 32];
+    d.copy_from_slice(b);
+    Digest(d)
 }
 
 /// [`Snapshot::save`] of bytes made by [`Snapshot::encode`] (the watcher encodes its tree in place
@@ -493,7 +483,7 @@ mod tests {
     #[test]
     fn encode_decode_round_trip_with_odd_names_sha_and_links() {
         let mut f = facts(FileKind::Regular, 7, 12, -5, 0o4755);
-        f.sha256 = Some("ab".repeat(32));
+        f.sha256 = Digest::from_hex(&"ab".repeat(32));
         let mut l = facts(FileKind::SymbolicLink, 8, 11, 1_700_000_000_123, 0o777);
         l.link_target = Some(PathBuf::from("/etc/shadow"));
         let bad = PathBuf::from(OsString::from_vec(b"/r/bad\xff\nname\"".to_vec()));

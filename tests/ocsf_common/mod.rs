@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use notebook_agent::audit::change::{
-    AgentEvent, ChangeKind, ControlFailure, FileFacts, FileKind, FsChange, Source,
+    AgentEvent, ChangeKind, ControlFailure, Digest, FileFacts, FileKind, FsChange, Source,
 };
 use notebook_agent::audit::ocsf::{self, Context};
 use notebook_agent::audit::ocsf_actor::{actor, attribute, Attribution};
@@ -47,7 +47,9 @@ pub fn regular() -> FileFacts {
         mode: 0o644,
         inode: 1_048_601,
         mtime_ms: 1_767_225_600_123,
-        sha256: Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into()),
+        sha256: Digest::from_hex(
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        ),
         hash_note: None,
         link_target: None,
     }

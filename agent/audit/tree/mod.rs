@@ -162,7 +162,6 @@ fn entry_cost(name: &[u8], f: &FileFacts) -> usize {
     std::mem::size_of::<FileFacts>()
         + name.len()
         + 48
-        + f.sha256.as_ref().map_or(0, |s| s.len())
         + f.hash_note.as_ref().map_or(0, |s| s.len())
         + f.link_target.as_ref().map_or(0, |s| s.as_os_str().len())
 }

@@ -18,7 +18,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
-use crate::audit::change::{FileFacts, FileKind};
+use crate::audit::change::{Digest, FileFacts, FileKind};
 
 pub const NODE: u8 = 1;
 pub const ENTRIES: u8 = 2;
@@ -114,7 +114,7 @@ pub fn encode_entries<'a>(
 
 fn put_facts(out: &mut Vec<u8>, f: &FileFacts) {
     out.push(f.kind as u8);
-    let sha = f.sha256.as_deref().and_then(hex32);
+    let sha = f.sha256.map(|d| d.0);
     let flags = u8::from(sha.is_some()) | (u8::from(f.link_target.is_some()) << 1);
     out.push(flags);
     put_varint(out, f.inode);
@@ -224,7 +224,7 @@ fn get_facts(r: &mut Reader<'_>) -> Result<FileFacts, RecordError> {
     let uid = u32::try_from(r.varint()?).map_err(|_| RecordError::Malformed("uid"))?;
     let gid = u32::try_from(r.varint()?).map_err(|_| RecordError::Malformed("gid"))?;
     let sha256 = if flags & 1 != 0 {
-        Some(to_hex(r.take(32)?))
+        Some(digest(r.take(32)?))
     } else {
         None
     };
@@ -308,22 +308,10 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn hex32(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in b.chunks(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
-    Some(out)
-}
-
-fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+fn digest(b: &[u8]) -> Digest {
+    let mut d = [0u8; 32];
+    d.copy_from_slice(b);
+    Digest(d)
 }
 
 #[cfg(test)]
@@ -348,7 +336,7 @@ mod tests {
     #[test]
     fn entries_round_trip_with_hashes_links_and_odd_names() {
         let mut a = facts(FileKind::Regular, 1);
-        a.sha256 = Some("0f".repeat(32));
+        a.sha256 = Digest::from_hex(&"0f".repeat(32));
         let mut l = facts(FileKind::SymbolicLink, 2);
         l.link_target = Some(PathBuf::from("/etc/shadow"));
         let names: Vec<Box<[u8]>> = vec![

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::audit::change::{FileFacts, FileKind};
+use crate::audit::change::{Digest, FileFacts, FileKind};
 
 type Model = BTreeMap<PathBuf, FileFacts>;
 
@@ -19,7 +19,7 @@ fn facts(inode: u64) -> FileFacts {
         mode: 0o644,
         inode,
         mtime_ms: 1_700_000_000_000 + inode as i64,
-        sha256: (inode % 5 == 0).then(|| format!("{:064x}", inode)),
+        sha256: (inode % 5 == 0).then(|| Digest::from_hex(&format!("{:064x}", inode)).unwrap()),
         hash_note: None,
         link_target: (inode % 11 == 0).then(|| PathBuf::from(format!("../t{inode}"))),
     }
