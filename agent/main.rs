@@ -12,6 +12,7 @@ use notebook_agent::exit::Exit;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    notebook_agent::alloc::purge_sooner();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

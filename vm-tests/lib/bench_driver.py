@@ -375,8 +375,10 @@ def start_contender(args, contender, cg, port, logdir):
         agent_root(args.root, args.watch, port)
         env["RUST_LOG"] = "warn"
         # NOTEBOOK_AGENT_SOURCE=inotify forces the fallback source (fanotify vs inotify runs).
-        if os.environ.get("NOTEBOOK_AGENT_SOURCE"):
-            env["NOTEBOOK_AGENT_SOURCE"] = os.environ["NOTEBOOK_AGENT_SOURCE"]
+        # MIMALLOC_PURGE_DELAY compares the allocator's purge delays (agent/alloc.rs).
+        for var in ("NOTEBOOK_AGENT_SOURCE", "MIMALLOC_PURGE_DELAY"):
+            if os.environ.get(var):
+                env[var] = os.environ[var]
         cmd = [args.agent_bin, "watch", "--root", args.root]
     elif contender == "inotifywait":
         env["ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
