@@ -196,34 +196,60 @@ impl Processor {
                 }
                 self.actor = actor;
             }
-            Walk::Reconcile(rec) => {
-                // The differences of this directory, then the tree is brought up to date.
-                let mut ops: Vec<(OsString, Option<FileFacts>, Option<FileFacts>)> = Vec::new();
-                self.tree.merge_dir(dir, &listing, |m| match m {
-                    Merged::Stored(n, o) => ops.push((n.to_os_string(), Some(o.clone()), None)),
-                    Merged::Live(n, f) => ops.push((n.to_os_string(), None, Some(f.clone()))),
-                    Merged::Both(n, o, f) => {
-                        if worth_storing(o, f) {
-                            ops.push((n.to_os_string(), Some(o.clone()), Some(f.clone())));
-                        }
-                    }
-                });
-                drop(listing);
-                for (name, old, new) in ops {
-                    let path = dir.join(name);
-                    match (old, new) {
-                        (Some(o), Some(f)) => self.reconcile_entry(&path, Some((o, f)), rec),
-                        (Some(o), None) => rec.vanished.push((path, o)),
-                        (None, Some(f)) => self.reconcile_new(&path, f, rec),
-                        (None, None) => {}
-                    }
-                }
-            }
+            Walk::Reconcile(rec) => self.reconcile_listing(dir, listing, rec),
         }
         if self.checkpoint_for_memory() {
             // Free the dirty directories; in a reconcile the checkpoint is announced only after
             // its changes were sent (see `finish`).
             self.checkpoint();
+        }
+    }
+
+    /// The differences of this directory, then the tree is brought up to date. A new or changed
+    /// entry is kept as its position in `listing`, whose facts are then moved out rather than
+    /// cloned: a rescan of a directory of 100,000 new files held them three times (stored, listed,
+    /// and a copy per difference) at the peak of a burst.
+    fn reconcile_listing(
+        &mut self,
+        dir: &Path,
+        listing: Vec<(OsString, FileFacts)>,
+        rec: &mut Recon,
+    ) {
+        let mut diffs: Vec<Diff> = Vec::new();
+        let mut at = 0usize;
+        self.tree.merge_dir(dir, &listing, |m| match m {
+            Merged::Stored(n, o) => diffs.push(Diff::Gone(Box::new((n.to_os_string(), o.clone())))),
+            Merged::Live(..) => {
+                diffs.push(Diff::New(at));
+                at += 1;
+            }
+            Merged::Both(_, o, f) => {
+                if worth_storing(o, f) {
+                    diffs.push(Diff::Changed(at, Box::new(o.clone())));
+                }
+                at += 1;
+            }
+        });
+        // Positions only grow: each entry is taken once, and those before it are freed.
+        let mut live = listing.into_iter().enumerate();
+        let mut take = |i: usize| live.find(|(j, _)| *j == i).map(|(_, e)| e);
+        for d in diffs {
+            match d {
+                Diff::Gone(b) => {
+                    let (name, o) = *b;
+                    rec.vanished.push((dir.join(name), o));
+                }
+                Diff::New(i) => {
+                    if let Some((name, f)) = take(i) {
+                        self.reconcile_new(&dir.join(name), f, rec);
+                    }
+                }
+                Diff::Changed(i, o) => {
+                    if let Some((name, f)) = take(i) {
+                        self.reconcile_entry(&dir.join(name), Some((*o, f)), rec);
+                    }
+                }
+            }
         }
     }
 
@@ -498,4 +524,15 @@ impl Processor {
             Err(WatchFailure::Other(e)) => Err(e),
         }
     }
+}
+
+/// One difference between a directory's stored entries and its listing (`reconcile_listing`):
+/// 16 bytes each, whatever the facts.
+enum Diff {
+    /// Stored, not listed: its name and last known facts.
+    Gone(Box<(OsString, FileFacts)>),
+    /// Listed, not stored: its position in the listing.
+    New(usize),
+    /// Both, and worth a record: its position in the listing and its stored facts.
+    Changed(usize, Box<FileFacts>),
 }
