@@ -527,7 +527,7 @@ impl Processor {
 }
 
 /// One difference between a directory's stored entries and its listing (`reconcile_listing`):
-/// 16 bytes each, whatever the facts.
+/// 24 bytes each, whatever the facts.
 enum Diff {
     /// Stored, not listed: its name and last known facts.
     Gone(Box<(OsString, FileFacts)>),
