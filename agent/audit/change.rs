@@ -100,6 +100,11 @@ impl Digest {
         Some(Self(out))
     }
 
+    /// The 32 bytes of `b`; `None` for any other length.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        b.try_into().ok().map(Self)
+    }
+
     /// Lowercase hex, as the records carry it.
     pub fn hex(&self) -> String {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";

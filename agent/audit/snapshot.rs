@@ -165,7 +165,7 @@ impl Snapshot {
             let gid = u32::try_from(r.varint()?)
                 .map_err(|_| SnapshotError::Malformed { index, what: "gid" })?;
             let sha256 = if flags & 1 != 0 {
-                Some(digest(r.take(32)?))
+                Digest::from_slice(r.take(32)?)
             } else {
                 None
             };
@@ -430,12 +430,6 @@ impl<'a> Reader<'a> {
         }
         Err(SnapshotError::Truncated(self.pos))
     }
-}
-
-fn digest(b: &[u8]) -> Digest {
-    let mut d = [0u8; 32];
-    d.copy_from_slice(b);
-    Digest(d)
 }
 
 /// [`Snapshot::save`] of bytes made by [`Snapshot::encode`] (the watcher encodes its tree in place

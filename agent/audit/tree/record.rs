@@ -224,7 +224,7 @@ fn get_facts(r: &mut Reader<'_>) -> Result<FileFacts, RecordError> {
     let uid = u32::try_from(r.varint()?).map_err(|_| RecordError::Malformed("uid"))?;
     let gid = u32::try_from(r.varint()?).map_err(|_| RecordError::Malformed("gid"))?;
     let sha256 = if flags & 1 != 0 {
-        Some(digest(r.take(32)?))
+        Digest::from_slice(r.take(32)?)
     } else {
         None
     };
@@ -306,12 +306,6 @@ impl<'a> Reader<'a> {
         }
         Err(RecordError::Malformed("varint too long"))
     }
-}
-
-fn digest(b: &[u8]) -> Digest {
-    let mut d = [0u8; 32];
-    d.copy_from_slice(b);
-    Digest(d)
 }
 
 #[cfg(test)]
