@@ -3,6 +3,12 @@
 //! child of a (stand-in) Jupyter kernel — with its command line redacted, and the opt-in read
 //! audit turns reads of matching files into Read records naming the reader.
 //!
+//! Each shell is held alive until its records are in, so what it is can be asserted exactly.
+//! The programs it starts (`touch`, `mkdir`, `cp`, `cat`) live about a millisecond: whether the
+//! connector's exec beat their exit to `/proc` is a race no test can fix, so for them the record
+//! names either the program or says exactly that it is unknown — and in both cases names the
+//! shell that started it, which only the connector can know once the program is gone.
+//!
 //! Needs what the daemon needs for attribution: root (CAP_SYS_ADMIN for the filesystem mark) on
 //! a filesystem that takes a fanotify mark. Where that is missing the test fails and says so
 //! (the suite runs as root: CI and the dev machines).
@@ -12,7 +18,8 @@ mod common;
 mod ocsf_common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::watch::Daemon;
 use common::TempRoot;
@@ -32,16 +39,68 @@ fn file_record<'a>(r: &'a Value, activity: u64, path: &Path) -> Option<&'a Value
     .then_some(r)
 }
 
-/// Runs `sh -c script args…` in `dir` and waits for it.
-fn sh(dir: &Path, script: &str, args: &[&str]) {
-    let st = Command::new("sh")
+/// `sh -c "script; read _" args…` in `dir`: once `script` is done the shell waits on its stdin,
+/// so it still runs (and `/proc` still shows it) until [`Held::release`]. The programs `script`
+/// starts (`touch`, `cp`, …) exit at once, as they do for a user.
+struct Held(Child);
+
+fn held(dir: &Path, script: &str, args: &[&str]) -> Held {
+    let child = Command::new("sh")
         .arg("-c")
-        .arg(script)
+        .arg(format!("{script}; read -r _ || true"))
         .args(args)
         .current_dir(dir)
-        .status()
+        .stdin(Stdio::piped())
+        .spawn()
         .expect("sh");
-    assert!(st.success(), "sh -c {script:?} failed");
+    Held(child)
+}
+
+impl Held {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Closes the shell's stdin and waits (10 s at most) for it to exit.
+    fn release(mut self) {
+        drop(self.0.stdin.take());
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.0.try_wait().expect("wait for sh") {
+                Some(st) => return assert!(st.success(), "sh failed: {st}"),
+                None if Instant::now() > until => {
+                    let _ = self.0.kill();
+                    panic!("sh did not exit within 10 s of its stdin closing");
+                }
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
+/// The actor of a record made by an instant program `name` (started by the shell `parent`):
+/// the program when the connector's exec reached `/proc` before it exited, otherwise exactly
+/// "exec'd … the program is unknown" — never a guess such as its parent's name.
+fn assert_instant(r: &Value, name: &str, parent: u32) {
+    let p = &r["actor"]["process"];
+    assert_eq!(r["unmapped"]["actor_basis"], "process", "{r:#}");
+    match p["name"].as_str() {
+        Some(n) => {
+            assert_eq!(n, name, "{r:#}");
+            if let Some(exe) = p["file"]["path"].as_str() {
+                assert!(exe.ends_with(&format!("/{name}")), "{r:#}");
+            }
+        }
+        None => {
+            let note = format!(
+                "exec'd a program and exited before /proc/{} could be read: the program is unknown",
+                p["pid"]
+            );
+            assert_eq!(r["unmapped"]["actor_note"], note.as_str(), "{r:#}");
+        }
+    }
+    assert_eq!(p["parent_process"]["pid"], parent, "{r:#}");
+    assert_eq!(p["parent_process"]["name"], "sh", "{r:#}");
 }
 
 #[test]
@@ -70,9 +129,9 @@ fn every_change_names_the_process_and_reads_of_sensitive_files_are_audited() {
 
     // A shell that writes through a redirection, with a secret on its command line.
     let shell_file = sm.join("from-shell.txt");
-    sh(
+    let shell = held(
         &sm,
-        ": > from-shell.txt; true",
+        ": > from-shell.txt",
         &["--password", "hunter2-never-shipped"],
     );
     d.wait_for("the shell's Create", |r| {
@@ -80,15 +139,15 @@ fn every_change_names_the_process_and_reads_of_sensitive_files_are_audited() {
     });
     // A short-lived process: `touch` has exited long before its event is read.
     let touched = sm.join("touched.txt");
-    sh(&sm, "touch touched.txt; true", &[]);
+    let toucher = held(&sm, "touch touched.txt", &[]);
     d.wait_for("touch's Create", |r| file_record(r, 1, &touched).is_some());
     // A child of a kernel: the stand-in kernel is a shell whose command line names a Jupyter
     // connection file, as ipykernel's does.
     let connection = format!("/home/ec2-user/.local/share/jupyter/runtime/kernel-{KERNEL_ID}.json");
     let from_kernel = sm.join("from-kernel.txt");
-    sh(
+    let kernel = held(
         &sm,
-        "cp notes.txt from-kernel.txt; true",
+        "cp notes.txt from-kernel.txt",
         &["ipykernel_launcher", "-f", &connection],
     );
     d.wait_for("the kernel child's Create", |r| {
@@ -97,13 +156,18 @@ fn every_change_names_the_process_and_reads_of_sensitive_files_are_audited() {
     // A new directory and a file in it, by two processes: the directory's scan may find the
     // file before the file's own event is read; the file is still its writer's, not mkdir's.
     let in_new_dir = sm.join("made/by-sh.txt");
-    sh(&sm, "mkdir made && echo x >made/by-sh.txt; true", &[]);
+    let maker = held(&sm, "mkdir made && echo x >made/by-sh.txt", &[]);
     d.wait_for("the file in the new directory", |r| {
         file_record(r, 1, &in_new_dir).is_some()
     });
     // Reads: one of a sensitive file, one of a file the globs do not match.
-    sh(&sm, "cat data/train.csv notes.txt > /dev/null; true", &[]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let reader = held(&sm, "cat data/train.csv notes.txt > /dev/null", &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let pids = [&shell, &toucher, &kernel, &maker, &reader].map(Held::pid);
+    for h in [shell, toucher, kernel, maker, reader] {
+        h.release();
+    }
+    let [shell_pid, toucher_pid, kernel_pid, maker_pid, reader_pid] = pids;
     let records = d.stop();
     let lines: Vec<String> = records.iter().map(Value::to_string).collect();
 
@@ -123,40 +187,31 @@ fn every_change_names_the_process_and_reads_of_sensitive_files_are_audited() {
             .find_map(|r| file_record(r, a, p))
             .unwrap_or_else(|| panic!("no record {a} for {}", p.display()))
     };
-    let shell = find(1, &shell_file);
-    assert_eq!(shell["unmapped"]["actor_basis"], "process", "{shell:#}");
-    let proc_ = &shell["actor"]["process"];
-    assert_eq!(proc_["name"], "sh", "{shell:#}");
+    let by_shell = find(1, &shell_file);
+    assert_eq!(
+        by_shell["unmapped"]["actor_basis"], "process",
+        "{by_shell:#}"
+    );
+    let proc_ = &by_shell["actor"]["process"];
+    assert_eq!(proc_["pid"], shell_pid, "{by_shell:#}");
+    assert_eq!(proc_["name"], "sh", "{by_shell:#}");
     let cmd = proc_["cmd_line"].as_str().unwrap_or_default();
     assert!(
         cmd.starts_with("sh -c") && cmd.contains("REDACTED"),
-        "the command line, redacted: {shell:#}"
+        "the command line, redacted: {by_shell:#}"
     );
-    assert_eq!(proc_["parent_process"]["pid"], me, "{shell:#}");
-    assert_eq!(proc_["user"]["uid"], "0", "{shell:#}");
-    assert_eq!(shell["actor"]["user"]["name"], "root", "{shell:#}");
+    assert_eq!(proc_["parent_process"]["pid"], me, "{by_shell:#}");
+    assert_eq!(proc_["user"]["uid"], "0", "{by_shell:#}");
+    assert_eq!(by_shell["actor"]["user"]["name"], "root", "{by_shell:#}");
 
-    let touch = find(1, &touched);
-    assert_eq!(touch["unmapped"]["actor_basis"], "process", "{touch:#}");
-    assert_eq!(touch["actor"]["process"]["name"], "touch", "{touch:#}");
-    // The connector reports the exec; `touch` may be a zombie before /proc/<pid>/exe is read.
-    // Then the record says so instead of naming an executable.
-    match touch["actor"]["process"]["file"]["path"].as_str() {
-        Some(exe) => assert!(exe.ends_with("/touch"), "{touch:#}"),
-        None => assert!(touch["unmapped"]["actor_note"].is_string(), "{touch:#}"),
-    }
-    assert_eq!(
-        touch["actor"]["process"]["parent_process"]["name"], "sh",
-        "{touch:#}"
-    );
-
-    let made = find(1, &sm.join("made"));
-    assert_eq!(made["actor"]["process"]["name"], "mkdir", "{made:#}");
+    assert_instant(find(1, &touched), "touch", toucher_pid);
+    assert_instant(find(1, &sm.join("made")), "mkdir", maker_pid);
     let by_sh = find(1, &in_new_dir);
+    assert_eq!(by_sh["actor"]["process"]["pid"], maker_pid, "{by_sh:#}");
     assert_eq!(by_sh["actor"]["process"]["name"], "sh", "{by_sh:#}");
 
     let kid = find(1, &from_kernel);
-    assert_eq!(kid["actor"]["process"]["name"], "cp", "{kid:#}");
+    assert_instant(kid, "cp", kernel_pid);
     assert_eq!(
         kid["unmapped"]["jupyter"]["kernel_id"], KERNEL_ID,
         "a kernel's child names the kernel: {kid:#}"
@@ -177,6 +232,6 @@ fn every_change_names_the_process_and_reads_of_sensitive_files_are_audited() {
         sm.join("data/train.csv").to_str(),
         "{read:#}"
     );
-    assert_eq!(read["actor"]["process"]["name"], "cat", "{read:#}");
+    assert_instant(read, "cat", reader_pid);
     assert_eq!(read["unmapped"]["read"]["reads"], 1, "{read:#}");
 }

@@ -18,10 +18,15 @@
 //! last `)`. The crate would add rustix and its own error types to a static binary for that.
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use super::cmdline;
 use super::jupyter::{self, JupyterRole};
@@ -367,9 +372,11 @@ impl ProcessTable {
 
     /// The connector saw `pid` exec a new program.
     pub fn on_exec(&self, pid: u32, ts_ns: u64) {
+        // Read before anything else: the new program may exit at any moment.
+        let read = read_proc(&self.cfg.proc_root, pid);
         let prev = self.live(pid);
         let fork_parent = prev.as_ref().map(|p| p.ppid);
-        match read_proc(&self.cfg.proc_root, pid) {
+        match read {
             Ok(r) => {
                 let info = self.info_from_read(r, Seen::Exec, fork_parent);
                 self.upsert(info);
@@ -720,26 +727,25 @@ impl ProcessTable {
 /// Reads `/proc/<pid>`. `stat` is read before and after the rest: a different start time means
 /// the pid was reused meanwhile, and the read fails rather than mix two processes.
 pub fn read_proc(proc_root: &Path, pid: u32) -> io::Result<ProcRead> {
-    let dir = proc_root.join(pid.to_string());
-    let stat = std::fs::read(dir.join("stat"))?;
+    let path = proc_root.join(pid.to_string());
+    // One handle on the directory for every read: once this process is gone, reads through it
+    // fail (a reused pid is another directory), so what was read before is still this process's
+    // and is kept — an instant process often exits between its `stat` and its `cmdline`.
+    let dir = nix::fcntl::open(
+        &path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let stat = read_at(&dir, "stat")?;
     let (ppid, comm, start_ticks, tty_nr) = parse_stat(&stat)
-        .ok_or_else(|| io::Error::other(format!("{}/stat: unexpected format", dir.display())))?;
+        .ok_or_else(|| io::Error::other(format!("{}/stat: unexpected format", path.display())))?;
     // What an instant process loses first when it exits (a zombie has neither) is read first.
-    let exe = std::fs::read_link(dir.join("exe")).ok();
-    let argv = std::fs::read(dir.join("cmdline"))
+    let exe = nix::fcntl::readlinkat(&dir, "exe").ok().map(PathBuf::from);
+    let argv = read_at(&dir, "cmdline")
         .ok()
         .and_then(|b| parse_cmdline(&b));
-    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-    let (real_uid, uid) = parse_uids(&status);
-    let again = std::fs::read(dir.join("stat"))?;
-    match parse_stat(&again) {
-        Some((_, _, t, _)) if t == start_ticks => {}
-        _ => {
-            return Err(io::Error::other(format!(
-                "pid {pid} was reused while /proc was read"
-            )))
-        }
-    }
+    let status = read_at(&dir, "status").unwrap_or_default();
+    let (real_uid, uid) = parse_uids(&String::from_utf8_lossy(&status));
     Ok(ProcRead {
         pid,
         ppid,
@@ -751,6 +757,14 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> io::Result<ProcRead> {
         argv,
         exe,
     })
+}
+
+/// The whole of `dir/name`.
+fn read_at(dir: &OwnedFd, name: &str) -> io::Result<Vec<u8>> {
+    let fd = nix::fcntl::openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut b = Vec::new();
+    File::from(fd).read_to_end(&mut b)?;
+    Ok(b)
 }
 
 /// (ppid, comm, starttime, tty_nr) from `/proc/<pid>/stat`. `comm` may hold spaces and `)`, so
