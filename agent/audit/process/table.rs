@@ -730,22 +730,28 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> io::Result<ProcRead> {
     let path = proc_root.join(pid.to_string());
     // One handle on the directory for every read: once this process is gone, reads through it
     // fail (a reused pid is another directory), so what was read before is still this process's
-    // and is kept — an instant process often exits between its `stat` and its `cmdline`.
+    // and is kept when it exits mid-read.
     let dir = nix::fcntl::open(
         &path,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
-    let stat = read_at(&dir, "stat")?;
-    let (ppid, comm, start_ticks, tty_nr) = parse_stat(&stat)
-        .ok_or_else(|| io::Error::other(format!("{}/stat: unexpected format", path.display())))?;
-    // What an instant process loses first when it exits (a zombie has neither) is read first.
+    // The directory's owner is the process's effective uid, fixed when it was opened: it is what
+    // is left to name the user when the process is reaped before `status` is read. A
+    // non-dumpable process's directory belongs to root whatever its uid, so 0 proves nothing.
+    let dir_uid = nix::sys::stat::fstat(&dir).ok().map(|s| s.st_uid);
+    // What an instant process loses first when it exits (a zombie has neither) is read first;
+    // `stat` and `status` stay until it is reaped.
     let exe = nix::fcntl::readlinkat(&dir, "exe").ok().map(PathBuf::from);
     let argv = read_at(&dir, "cmdline")
         .ok()
         .and_then(|b| parse_cmdline(&b));
+    let stat = read_at(&dir, "stat")?;
+    let (ppid, comm, start_ticks, tty_nr) = parse_stat(&stat)
+        .ok_or_else(|| io::Error::other(format!("{}/stat: unexpected format", path.display())))?;
     let status = read_at(&dir, "status").unwrap_or_default();
     let (real_uid, uid) = parse_uids(&String::from_utf8_lossy(&status));
+    let uid = uid.or(dir_uid.filter(|u| *u != 0));
     Ok(ProcRead {
         pid,
         ppid,
@@ -864,6 +870,32 @@ mod tests {
         assert_eq!((ppid, comm.as_str(), start), (7, "a) b (c)", 123456));
         assert_eq!(pts_name(tty).as_deref(), Some("pts/3"));
         assert!(parse_stat(b"garbage").is_none());
+    }
+
+    #[test]
+    fn reaped_before_its_status_is_read_the_user_is_the_directory_owner_unless_root() {
+        use std::os::unix::fs::chown;
+        let d = tempfile::tempdir().unwrap();
+        fake_proc(
+            d.path(),
+            &[
+                (41, 1, "touch", 5, &["touch", "x"], 1000),
+                (42, 1, "su", 5, &["su"], 0),
+            ],
+        );
+        for pid in [41, 42] {
+            std::fs::remove_file(d.path().join(format!("{pid}/status"))).unwrap();
+        }
+        // As the kernel does: /proc/PID belongs to the effective uid (root if non-dumpable).
+        if chown(d.path().join("41"), Some(1000), None).is_err() {
+            panic!("this test needs root to give its fake /proc/41 to uid 1000");
+        }
+        chown(d.path().join("42"), Some(0), None).unwrap();
+        let r = read_proc(d.path(), 41).unwrap();
+        assert_eq!((r.uid, r.real_uid), (Some(1000), None));
+        assert_eq!(r.comm, "touch");
+        // Owned by root: a root process or a non-dumpable one; no uid is claimed.
+        assert_eq!(read_proc(d.path(), 42).unwrap().uid, None);
     }
 
     #[test]
