@@ -426,6 +426,12 @@ impl ProcessTable {
                 i.user = (self.users)(uid);
                 i.real_uid = Some(real_uid);
                 i.real_user = (self.users)(real_uid);
+                if i.note
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(UID_UNKNOWN))
+                {
+                    i.note = None;
+                }
                 *last = Arc::new(i);
             }
         }
@@ -484,6 +490,10 @@ impl ProcessTable {
                     .to_string(),
             ),
             (_, None) => Some(format!("/proc/{}/exe unreadable", r.pid)),
+            _ if r.uid.is_none() => Some(format!(
+                "{UID_UNKNOWN}: reaped before /proc/{}/status was read",
+                r.pid
+            )),
             _ => None,
         };
         ProcessInfo {
@@ -724,8 +734,12 @@ impl ProcessTable {
     }
 }
 
-/// Reads `/proc/<pid>`. `stat` is read before and after the rest: a different start time means
-/// the pid was reused meanwhile, and the read fails rather than mix two processes.
+/// How a note for a process whose uid was not read begins: it was reaped between its `stat` and
+/// its `status`, and its `/proc/<pid>` belonged to root (which proves nothing).
+const UID_UNKNOWN: &str = "uid unknown";
+
+/// Reads `/proc/<pid>`: `stat` is required (the start time tells incarnations apart), the rest is
+/// kept as far as it could be read.
 pub fn read_proc(proc_root: &Path, pid: u32) -> io::Result<ProcRead> {
     let path = proc_root.join(pid.to_string());
     // One handle on the directory for every read: once this process is gone, reads through it
