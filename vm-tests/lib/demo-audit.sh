@@ -6,8 +6,9 @@
 # platform's IMDS stand-in (a drop-in pointing the SDK at the fake IMDS), does some file work as
 # ec2-user — in a shell, through jupyter-server (a notebook saved by the editor's API, code run in a
 # real kernel that imports sagemaker_environment and reads data/, a command typed in a Jupyter
-# terminal) — and ends by printing `status` and the last audit events read back from moto, each
-# with the process (and kernel or terminal) that did it.
+# terminal), a cp and an rm, and `aws s3 cp` of data/train.csv to moto — and ends by printing
+# `status` and the last audit events read back from moto, each with the process (and kernel or
+# terminal) that did it.
 
 DEMO_AUDIT_REGION=us-east-1   # no audit.region in the demo's config: the notebook ARN's region
 DEMO_AUDIT_STREAM=demo-notebook/audit
@@ -24,14 +25,14 @@ demo_audit_events() {
   python3 "$HERE/lib/audit-events.py" "$@" <<<"$json"
 }
 
-# Poll (≤ 10 s) until every expected event is in moto; print the last 14 (the read audit's
+# Poll (≤ 20 s) until every expected event is in moto; print the last 18 (the read audit's
 # window is 5 s).
 demo_audit_wait() {
   local t0=$SECONDS arg out
-  local -a args=(--last 14)
+  local -a args=(--last 18)
   for arg in "$@"; do args+=(--expect "$arg"); done
   until out=$(demo_audit_events "${args[@]}"); do
-    ((SECONDS - t0 < 10)) || { echo "$out"; return 1; }
+    ((SECONDS - t0 < 20)) || { echo "$out"; echo "after 20 s"; return 1; }
     sleep 0.25
   done
   echo "$out"
@@ -47,6 +48,21 @@ EOF
     sandbox_exec systemctl daemon-reload &&
     sandbox_exec systemctl enable --now notebook-agent.service 2>&1 &&
     sleep 1 && sandbox_exec systemctl is-active notebook-agent.service
+}
+
+# A process that exits at once is named when the agent read it in time; without the process-events
+# connector (this sandbox: docs/WATCHER-DESIGN.md) it may be gone first, and the record says why.
+DEMO_UNKNOWN='\? \(unknown: '
+
+# As ec2-user: cp and rm (instant), then the AWS CLI of the base conda env copies data/train.csv
+# out to the data bucket in moto (a read of data/**, which audit.reads watches). Test credentials.
+demo_copy_out() {
+  sandbox_exec_timeout 90 su -s /bin/bash -c "cd $DEMO_SM && cp data/train.csv train-copy.csv &&
+    rm train-copy.csv && export AWS_ACCESS_KEY_ID=AKIATESTTESTTESTTEST AWS_SECRET_ACCESS_KEY=test-secret-key \
+      AWS_DEFAULT_REGION=$DEMO_AUDIT_REGION AWS_EC2_METADATA_DISABLED=true &&
+    aws() { ~/anaconda3/bin/aws --endpoint-url $DEMO_MOTO \"\$@\"; } &&
+    { aws s3 ls s3://demo-ml-data >/dev/null 2>&1 || aws s3 mb s3://demo-ml-data; } &&
+    aws s3 cp data/train.csv s3://demo-ml-data/train.csv" ec2-user
 }
 
 # jupyter-client.py (lib/) as ec2-user, with the JupyterSystemEnv's python: kernel|save|terminal.
@@ -94,6 +110,9 @@ demo_audit() {
   demo_show "jupyter-client.py terminal 'cd ~/SageMaker && echo … > terminal-notes.txt'   # typed in a Jupyter terminal" \
     demo_jupyter terminal "cd ~/SageMaker && echo 'checked by hand' > terminal-notes.txt"
   check audit-terminal-ran demo_rc_is 0
+  demo_show "as ec2-user: a cp and an rm that exit at once, then aws s3 cp data/train.csv to the data bucket (moto)" \
+    demo_copy_out
+  check audit-cp-rm-aws-s3-cp-ran demo_rc_is 0
 
   demo_show -x "notebook-agent status" demo_agent status
   check audit-status-exit-0 demo_rc_is 0
@@ -107,6 +126,9 @@ demo_audit() {
     "(Create|Update) +$DEMO_SM/analysis\.ipynb .* by jupyter-server\[[0-9]+\] ec2-user" \
     "Create +$DEMO_SM/results\.csv .* by python[0-9.]*\[[0-9]+\] ec2-user .*kernel ${DEMO_KERNEL_ID:0:8}" \
     "Read +$DEMO_SM/data/train\.csv .* by python[0-9.]*\[[0-9]+\] ec2-user .*kernel ${DEMO_KERNEL_ID:0:8}" \
-    "Create +$DEMO_SM/terminal-notes\.txt .* by bash\[[0-9]+\] ec2-user .*terminal "
+    "Create +$DEMO_SM/terminal-notes\.txt .* by bash\[[0-9]+\] ec2-user .*terminal " \
+    "Create +$DEMO_SM/train-copy\.csv .* by (cp\[[0-9]+\] ec2-user .*parent=bash\[|$DEMO_UNKNOWN)" \
+    "Delete +$DEMO_SM/train-copy\.csv .* by (rm\[[0-9]+\] ec2-user .*parent=bash\[|$DEMO_UNKNOWN)" \
+    "Read +$DEMO_SM/data/train\.csv .* by aws\[[0-9]+\] ec2-user exe=/\S*python3\S* parent=bash\[[0-9]+\] cmd=\S*python3\S* \S*/bin/aws --endpoint-url \S+ s3 cp data/train\.csv s3://demo-ml-data/train\.csv"
   check audit-events-in-cloudwatch-with-their-actors demo_rc_is 0
 }

@@ -14,6 +14,9 @@ set -euo pipefail
 JUPYTER_SERVER_SPEC='jupyter-server==2.21.1'
 # The kernel of SageMaker's conda_python3 (envs/python3), registered with the server's env.
 IPYKERNEL_SPEC='ipykernel==6.29.5'
+# The AWS CLI a notebook's base conda env carries (`aws s3 cp` of a dataset: issue 15's read
+# audit); the same pin as tests/moto.sh.
+AWSCLI_SPEC='awscli==1.46.3'
 NOTEBOOK_NAME=demo-notebook
 NOTEBOOK_ARN="arn:aws:sagemaker:us-east-1:123456789012:notebook-instance/${NOTEBOOK_NAME}"
 HOME_DIR=/home/ec2-user
@@ -60,6 +63,8 @@ done
 "$CONDA/envs/JupyterSystemEnv/bin/jupyter-server" --version >/dev/null
 "$CONDA/envs/python3/bin/pip" install --quiet --no-cache-dir \
   --disable-pip-version-check "$IPYKERNEL_SPEC"
+"$CONDA/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check "$AWSCLI_SPEC"
+"$CONDA/bin/aws" --version >/dev/null
 "$CONDA/envs/python3/bin/python" -m ipykernel install --prefix "$CONDA/envs/JupyterSystemEnv" \
   --name conda_python3 --display-name conda_python3 >/dev/null
 # conda-ish shell init: base env on PATH for interactive and login shells.
