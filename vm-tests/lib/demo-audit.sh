@@ -119,7 +119,7 @@ demo_audit() {
   check audit-status-names-fanotify demo_out_has '^Audit daemon +PASS +.*source fanotify'
   demo_say "Each event names the process behind it (and the Jupyter kernel or terminal it runs in);"
   demo_say "reads of data/** (audit.reads) are Read events, aggregated per process and file."
-  demo_show "aws --endpoint-url $DEMO_MOTO logs get-log-events --log-group-name /aws/sagemaker/NotebookInstances --log-stream-name $DEMO_AUDIT_STREAM   # the last 14, summarised" \
+  demo_show "aws --endpoint-url $DEMO_MOTO logs get-log-events --log-group-name /aws/sagemaker/NotebookInstances --log-stream-name $DEMO_AUDIT_STREAM   # the last 18, summarised" \
     demo_audit_wait "Create +$DEMO_SM/demo\.ipynb" "Update +$DEMO_SM/demo\.ipynb" \
     "Rename +$DEMO_SM/demo\.ipynb -> $DEMO_SM/demo-final\.ipynb" \
     "Create +$DEMO_SM/demo-repo/README\.md .* by git\[[0-9]+\] ec2-user" \
