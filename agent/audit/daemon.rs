@@ -34,7 +34,7 @@ use super::snapshot::{Loaded, Snapshot};
 use super::source::SourceKind;
 use super::spool::{self, Appended, OpenReport, SpoolOptions, SpoolReader, SpoolWriter};
 use super::tree::{Tree, TreeOptions};
-use super::watcher::{Baseline, CheckpointAcks, Output, ReadEvent, WatchConfig, Watcher};
+use super::watcher::{Baseline, CheckpointAcks, Counters, Output, ReadEvent, WatchConfig, Watcher};
 use crate::config::reads::ReadMatcher;
 use crate::config::{ReadsConfig, ValidConfig};
 use crate::host::metadata::NotebookIdentity;
@@ -152,6 +152,9 @@ pub struct DaemonReport {
     /// Of those, the ones beyond the list's cap: counted, not named.
     #[serde(default)]
     pub dropped_paths_unnamed: u64,
+    /// fanotify events that could not be named (see `watcher::Counters::unresolved`).
+    #[serde(default)]
+    pub unresolved_events: u64,
 }
 
 /// How many drop episodes `daemon.json` keeps.
@@ -259,6 +262,7 @@ struct Pipeline {
     spool_cap: u64,
     /// The watcher's inotify descriptor, for the live watch count.
     inotify_fd: Option<i32>,
+    counters: Counters,
     /// Acknowledges watch tree checkpoints (none on stdout: nothing is persisted).
     acks: Option<CheckpointAcks>,
     /// The highest checkpoint durable here but not yet taken by the watcher (its queue was full).
@@ -272,6 +276,7 @@ impl Pipeline {
         if let Some(n) = self.inotify_fd.and_then(live_watches) {
             self.report.watches = n;
         }
+        self.report.unresolved_events = self.counters.unresolved();
         self.report.dropping = match &self.sink {
             Sink::Spool(w) => w.pending_drops().map(|d| DropEpisode {
                 count: d.count,
@@ -835,6 +840,7 @@ pub fn run(
             .is_some_and(|d| DroppedPaths::new(d).exists()),
         spool_cap: opts.spool.max_bytes,
         inotify_fd: watcher.inotify_fd(),
+        counters: watcher.counters(),
         acks,
         unacked: None,
     };

@@ -96,6 +96,19 @@ pub const BACKLOG_LIMIT_MS: i64 = 5 * 60_000;
 
 /// `source fanotify, ` or `source inotify (why: what fanotify refused), ` for the daemon row;
 /// nothing from a daemon too old to say.
+/// fanotify events whose directory could not be named when they were read: removed since (its
+/// removal is reported, so nothing is lost) or deeper than PATH_MAX (a known gap,
+/// docs/WATCHER-DESIGN.md). Counted so an admin sees them; the row stays as it is.
+fn unresolved_evidence(r: &DaemonReport) -> String {
+    match r.unresolved_events {
+        0 => String::new(),
+        n => format!(
+            ", {} events unnamed (their directory was gone when read, or past PATH_MAX)",
+            thousands(n)
+        ),
+    }
+}
+
 fn source_evidence(r: &DaemonReport) -> String {
     match r.source.as_str() {
         "" => String::new(),
@@ -213,7 +226,7 @@ pub fn assess(root: &Root, config: &ValidConfig, now_ms: i64) -> (Vec<Finding>, 
                 D.1,
                 losses.worst(Status::Pass),
                 losses.append(format!(
-                    "pid {} up {}, RSS {} MB, {}{} watches, {} events, {} dropped, {} rescans",
+                    "pid {} up {}, RSS {} MB, {}{} watches, {} events, {} dropped, {} rescans{}",
                     r.pid,
                     ago(now_ms, r.started_ms),
                     rss_kb / 1024,
@@ -221,7 +234,8 @@ pub fn assess(root: &Root, config: &ValidConfig, now_ms: i64) -> (Vec<Finding>, 
                     r.watches,
                     r.events_written,
                     r.events_dropped,
-                    r.rescans
+                    r.rescans,
+                    unresolved_evidence(r)
                 )),
             ),
         },
@@ -535,6 +549,17 @@ mod tests {
             "2026-12-04 14:27–14:28 UTC"
         );
         assert_eq!(clock(T, T), "14:27 UTC");
+    }
+
+    #[test]
+    fn unnamed_fanotify_events_are_counted_only_when_there_are_some() {
+        let mut r = DaemonReport::default();
+        assert_eq!(unresolved_evidence(&r), "");
+        r.unresolved_events = 1_204;
+        assert_eq!(
+            unresolved_evidence(&r),
+            ", 1,204 events unnamed (their directory was gone when read, or past PATH_MAX)"
+        );
     }
 
     fn report(dropping: Option<DropEpisode>, episodes: Vec<DropEpisode>) -> DaemonReport {

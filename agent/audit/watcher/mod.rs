@@ -270,6 +270,18 @@ pub struct StartInfo {
     pub source_reason: String,
 }
 
+/// A running watcher's counters, read from any thread ([`Watcher::counters`]).
+#[derive(Clone)]
+pub struct Counters(Arc<Shared>);
+
+impl Counters {
+    /// fanotify events that could not be named: their directory was gone (or deeper than
+    /// PATH_MAX) when the event was read. A removed directory's own deletion is still reported.
+    pub fn unresolved(&self) -> u64 {
+        self.0.unresolved.load(Ordering::Relaxed)
+    }
+}
+
 /// A running watcher. Dropping it stops it (as [`Watcher::stop`]).
 pub struct Watcher {
     /// The inotify descriptor, for the daemon's live watch count (`/proc/self/fdinfo`).
@@ -386,6 +398,11 @@ impl Watcher {
         CheckpointAcks {
             tx: self.tx.clone(),
         }
+    }
+
+    /// Counters the daemon reads without a round trip to the processor.
+    pub fn counters(&self) -> Counters {
+        Counters(Arc::clone(&self.shared))
     }
 
     pub fn stats(&self) -> Option<WatchStats> {

@@ -45,6 +45,8 @@ pub(super) struct Shared {
     pub(super) lost_wds: Mutex<HashSet<i32>>,
     /// fanotify: directories of lost events.
     pub(super) lost_dirs: Mutex<HashSet<PathBuf>>,
+    /// fanotify: events not named, their directory gone when read ([`FanotifySource::stats`]).
+    pub(super) unresolved: AtomicU64,
 }
 
 impl Shared {
@@ -124,6 +126,9 @@ fn read_fanotify(
             tracing::error!(error = %e, "Reading fanotify failed; watcher reader stops.");
             return;
         }
+        shared
+            .unresolved
+            .store(s.stats().unresolved, Ordering::Relaxed);
         if let Some(hook) = pid_seen {
             let mut last = None;
             for pid in batch.iter().filter_map(|ev| ev.pid) {
