@@ -51,8 +51,13 @@ def make_root(base, reads):
 
 class Daemon:
     def __init__(self, binary, root):
+        # As under systemd, the daemon runs in a session of its own (and so, with autogroup
+        # scheduling, a CPU group of its own) unless BENCH_SHARED_SESSION=1 keeps it in this
+        # script's, where its nice competes directly with the touch processes'.
+        own = os.environ.get("BENCH_SHARED_SESSION") != "1"
         self.p = subprocess.Popen([binary, "watch", "--stdout", "--root", root], env=ENV,
-                                  stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                                  stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                  start_new_session=own)
         self.records = []
         self.bytes = 0
         self.t = threading.Thread(target=self._read, daemon=True)

@@ -3,7 +3,8 @@
 //! child of a (stand-in) Jupyter kernel — with its command line redacted, and the opt-in read
 //! audit turns reads of matching files into Read records naming the reader.
 //!
-//! Each shell is held alive until its records are in, so what it is can be asserted exactly.
+//! Each shell is held alive until its events have been read (its records are in; for the reader,
+//! a file it writes after its reads is), so what it is can be asserted exactly.
 //! The programs it starts (`touch`, `mkdir`, `cp`, `cat`) live about a millisecond: whether the
 //! connector's exec beat their exit to `/proc` is a race no test can fix, so for them the record
 //! names either the program or says exactly that it is unknown — and in both cases names the
@@ -39,15 +40,16 @@ fn file_record<'a>(r: &'a Value, activity: u64, path: &Path) -> Option<&'a Value
     .then_some(r)
 }
 
-/// `sh -c "script; read _" args…` in `dir`: once `script` is done the shell waits on its stdin,
-/// so it still runs (and `/proc` still shows it) until [`Held::release`]. The programs `script`
-/// starts (`touch`, `cp`, …) exit at once, as they do for a user.
+/// `sh -c "script || exit 1; read _" args…` in `dir`: once `script` is done the shell waits on
+/// its stdin, so it still runs (and `/proc` still shows it) until [`Held::release`], which fails
+/// the test if `script` failed. The programs `script` starts (`touch`, `cp`, …) exit at once, as
+/// they do for a user.
 struct Held(Child);
 
 fn held(dir: &Path, script: &str, args: &[&str]) -> Held {
     let child = Command::new("sh")
         .arg("-c")
-        .arg(format!("{script}; read -r _ || true"))
+        .arg(format!("{script} || exit 1; read -r _ || true"))
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::piped())
@@ -160,9 +162,18 @@ fn every_change_names_the_process_and_reads_of_sensitive_files_are_audited() {
     d.wait_for("the file in the new directory", |r| {
         file_record(r, 1, &in_new_dir).is_some()
     });
-    // Reads: one of a sensitive file, one of a file the globs do not match.
-    let reader = held(&sm, "cat data/train.csv notes.txt > /dev/null", &[]);
-    std::thread::sleep(Duration::from_millis(300));
+    // Reads: one of a sensitive file, one of a file the globs do not match. The shell then
+    // writes a file: once that file's record is in, the reads' events (queued before it) have
+    // been read too. Read records themselves come out when their window closes.
+    let reads_done = sm.join("reads-done.txt");
+    let reader = held(
+        &sm,
+        "cat data/train.csv notes.txt > /dev/null && : > reads-done.txt",
+        &[],
+    );
+    d.wait_for("the reader's marker file", |r| {
+        file_record(r, 1, &reads_done).is_some()
+    });
     let pids = [&shell, &toucher, &kernel, &maker, &reader].map(Held::pid);
     for h in [shell, toucher, kernel, maker, reader] {
         h.release();

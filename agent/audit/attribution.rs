@@ -159,10 +159,14 @@ impl Attributor {
     /// The table's entry for `pid` at `time_ms`.
     fn lookup(&self, pid: u32, time_ms: i64) -> Lookup {
         let lookup = self.table.lookup(pid, time_ms);
-        // Known only as a fork of its parent: its exec may still be in the connector's queue.
-        if matches!(&lookup, Lookup::Known(i) if i.seen == Seen::Fork)
-            && self.table.await_drained(time_ms, EXEC_WAIT)
-        {
+        // Known only as a fork of its parent, or not at all: its fork and exec may still be in
+        // the connector's queue (the event can be read before the feeder applied them, and the
+        // process be gone from /proc by then).
+        let pending = match &lookup {
+            Lookup::Known(i) => i.seen == Seen::Fork,
+            Lookup::Unknown(_) => true,
+        };
+        if pending && self.table.await_drained(time_ms, EXEC_WAIT) {
             return self.table.lookup(pid, time_ms);
         }
         lookup

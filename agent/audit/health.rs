@@ -94,11 +94,11 @@ pub mod problem {
 /// short enough that an admin's check within minutes sees a shipper that is stuck.
 pub const BACKLOG_LIMIT_MS: i64 = 5 * 60_000;
 
-/// `source fanotify, ` or `source inotify (why: what fanotify refused), ` for the daemon row;
-/// nothing from a daemon too old to say.
 /// fanotify events whose directory could not be named when they were read: removed since (its
 /// removal is reported, so nothing is lost) or deeper than PATH_MAX (a known gap,
-/// docs/WATCHER-DESIGN.md). Counted so an admin sees them; the row stays as it is.
+/// docs/WATCHER-DESIGN.md). Counted so an admin sees them; the row stays as it is. The count
+/// is of the whole filesystem's events, before they are matched to `audit.paths` (an unnamed
+/// event cannot be placed), and starts again at 0 when the daemon restarts.
 fn unresolved_evidence(r: &DaemonReport) -> String {
     match r.unresolved_events {
         0 => String::new(),
@@ -109,6 +109,8 @@ fn unresolved_evidence(r: &DaemonReport) -> String {
     }
 }
 
+/// `source fanotify, ` or `source inotify (why: what fanotify refused), ` for the daemon row;
+/// nothing from a daemon too old to say.
 fn source_evidence(r: &DaemonReport) -> String {
     match r.source.as_str() {
         "" => String::new(),

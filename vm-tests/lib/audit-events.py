@@ -7,7 +7,7 @@ Each event becomes one line:
     <seq> <time> <activity> <path>[ -> <new path>] [<source>] <actor>     file events (class 1001)
 where <actor> is "by <process>[<pid>] <user> exe=<executable>" plus "kernel <id>" or "terminal <tty>" when the
 process descends from a Jupyter kernel or terminal, then "parent=<name>[<pid>] cmd=<cmd_line>" (the
-command line as shipped, redacted, cut at 160 characters), or "by ? (<why>)" when the agent cannot say.
+command line as shipped, redacted, cut at 240 characters), or "by ? (<why>)" when the agent cannot say.
     <seq> <time> <activity> <message>                             agent events
 --last N prints the last N lines (default: all). Every --expect REGEX must match at least one
 line (re.search); the missing ones are printed and the exit status is 1.
@@ -39,7 +39,7 @@ def actor(r):
         s += " parent=%s[%s]" % (pp.get("name", "?"), pp.get("pid", "?"))
     if "cmd_line" in p:
         c = p["cmd_line"]
-        s += " cmd=%s" % (c if len(c) <= 160 else c[:157] + "...")
+        s += " cmd=%s" % (c if len(c) <= 240 else c[:237] + "...")
     return s
 
 

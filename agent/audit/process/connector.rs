@@ -320,7 +320,7 @@ fn raise_priority() {
     // SAFETY: setpriority takes plain integers; PRIO_PROCESS with a tid changes that thread only.
     let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, FEEDER_NICE) };
     if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "The process-events thread keeps its priority.");
+        tracing::info!(error = %std::io::Error::last_os_error(), "The process-events thread keeps its priority: instant processes are named less often.");
     }
 }
 
@@ -362,6 +362,7 @@ impl Feeder {
                     if r.is_ok() && evs.is_empty() {
                         table.set_drained(t);
                         r = conn.read(&mut evs, Duration::from_millis(200));
+                        table.set_woken();
                     }
                     if let Err(e) = r {
                         tracing::error!(error = %e, "Reading the process-events connector failed; attribution falls back to /proc at event time.");

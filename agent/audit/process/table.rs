@@ -151,7 +151,15 @@ struct Inner {
     /// Wall-clock ms before the connector's last read that found its socket empty: every
     /// process event sent before it has been applied.
     drained_ms: i64,
+    /// The connector's thread is blocked on its empty socket (since `drained_ms`): a process
+    /// event sent now would wake it within a scheduler tick, so an event older than
+    /// [`WAKE_MS`] has nothing pending behind it.
+    feeder_idle: bool,
 }
+
+/// How long after a process event the connector's thread, blocked on its socket, has surely
+/// woken and applied it (it runs at nice -10; wakeups take microseconds).
+const WAKE_MS: i64 = 5;
 
 pub struct ProcessTable {
     cfg: TableConfig,
@@ -205,6 +213,7 @@ impl ProcessTable {
                 checked: HashMap::new(),
                 last_scan_ms: now,
                 drained_ms: i64::MIN,
+                feeder_idle: false,
             }),
         }
     }
@@ -214,9 +223,16 @@ impl ProcessTable {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The connector found its socket empty on a read begun at `at_ms`.
+    /// The connector found its socket empty on a read begun at `at_ms`, and now blocks on it.
     pub fn set_drained(&self, at_ms: i64) {
-        self.lock().drained_ms = at_ms;
+        let mut g = self.lock();
+        g.drained_ms = at_ms;
+        g.feeder_idle = true;
+    }
+
+    /// The connector's blocking read returned (with events, or after its timeout).
+    pub fn set_woken(&self) {
+        self.lock().feeder_idle = false;
     }
 
     /// Waits (at most `max`) until the connector has applied every process event sent before
@@ -229,7 +245,7 @@ impl ProcessTable {
                 if g.feed_missing.is_some() {
                     return false;
                 }
-                if g.drained_ms >= at_ms {
+                if g.drained_ms >= at_ms || (g.feeder_idle && now_ms() >= at_ms + WAKE_MS) {
                     return true;
                 }
             }
@@ -734,8 +750,8 @@ impl ProcessTable {
     }
 }
 
-/// How a note for a process whose uid was not read begins: it was reaped between its `stat` and
-/// its `status`, and its `/proc/<pid>` belonged to root (which proves nothing).
+/// How a note for a process whose uid was not read begins: neither its `status` nor its
+/// `/proc/<pid>` owner could be read before it was reaped.
 const UID_UNKNOWN: &str = "uid unknown";
 
 /// Reads `/proc/<pid>`: `stat` is required (the start time tells incarnations apart), the rest is
@@ -750,9 +766,11 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> io::Result<ProcRead> {
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
-    // The directory's owner is the process's effective uid, fixed when it was opened: it is what
-    // is left to name the user when the process is reaped before `status` is read. A
-    // non-dumpable process's directory belongs to root whatever its uid, so 0 proves nothing.
+    // The directory's owner is the process's effective uid, even for a non-dumpable process (the
+    // kernel exempts /proc/PID itself from the root-owns-it rule); it is computed when it is
+    // asked for, and a reaped process's directory reads as root's. `stat` is read after it and
+    // is required, so when this returns Ok the process was alive at the fstat and its owner is
+    // true, root included. It is what names the user when `status` is gone by the time it is read.
     let dir_uid = nix::sys::stat::fstat(&dir).ok().map(|s| s.st_uid);
     // What an instant process loses first when it exits (a zombie has neither) is read first;
     // `stat` and `status` stay until it is reaped.
@@ -765,7 +783,7 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> io::Result<ProcRead> {
         .ok_or_else(|| io::Error::other(format!("{}/stat: unexpected format", path.display())))?;
     let status = read_at(&dir, "status").unwrap_or_default();
     let (real_uid, uid) = parse_uids(&String::from_utf8_lossy(&status));
-    let uid = uid.or(dir_uid.filter(|u| *u != 0));
+    let uid = uid.or(dir_uid);
     Ok(ProcRead {
         pid,
         ppid,
@@ -887,7 +905,7 @@ mod tests {
     }
 
     #[test]
-    fn reaped_before_its_status_is_read_the_user_is_the_directory_owner_unless_root() {
+    fn reaped_before_its_status_is_read_the_user_is_the_directory_owner() {
         use std::os::unix::fs::chown;
         let d = tempfile::tempdir().unwrap();
         fake_proc(
@@ -900,7 +918,7 @@ mod tests {
         for pid in [41, 42] {
             std::fs::remove_file(d.path().join(format!("{pid}/status"))).unwrap();
         }
-        // As the kernel does: /proc/PID belongs to the effective uid (root if non-dumpable).
+        // As the kernel does: /proc/PID belongs to the effective uid, dumpable or not.
         if chown(d.path().join("41"), Some(1000), None).is_err() {
             panic!("this test needs root to give its fake /proc/41 to uid 1000");
         }
@@ -908,8 +926,8 @@ mod tests {
         let r = read_proc(d.path(), 41).unwrap();
         assert_eq!((r.uid, r.real_uid), (Some(1000), None));
         assert_eq!(r.comm, "touch");
-        // Owned by root: a root process or a non-dumpable one; no uid is claimed.
-        assert_eq!(read_proc(d.path(), 42).unwrap().uid, None);
+        // Owned by root and alive when read: a root process.
+        assert_eq!(read_proc(d.path(), 42).unwrap().uid, Some(0));
     }
 
     #[test]

@@ -277,6 +277,8 @@ pub struct Counters(Arc<Shared>);
 impl Counters {
     /// fanotify events that could not be named: their directory was gone (or deeper than
     /// PATH_MAX) when the event was read. A removed directory's own deletion is still reported.
+    /// Counted over the whole filesystem mark (an unnamed event cannot be matched to
+    /// `audit.paths`), since this daemon started.
     pub fn unresolved(&self) -> u64 {
         self.0.unresolved.load(Ordering::Relaxed)
     }
