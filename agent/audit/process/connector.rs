@@ -309,8 +309,11 @@ pub fn apply(table: &ProcessTable, ev: ProcEvent) {
 }
 
 /// The feeder's nice value. It races instant processes (a `touch` lives about a millisecond) to
-/// their `/proc` entry: measured (docs/BENCHMARKS.md), 1,000 `touch` are 82 % complete at nice 0
-/// and 96 % at -10. Its work is bounded by the exec rate (one `/proc` read per exec).
+/// their `/proc` entry. A nice value competes only inside a CPU group (a session under autogroup,
+/// the unit's cgroup under systemd): measured (docs/BENCHMARKS.md), a daemon in the `touch`
+/// loop's own session names 78–84 % of 1,000 `touch` at nice 0 and 92–96 % at -10; in a session
+/// of its own, as deployed, 86–94 % either way. Its work is bounded by the exec rate (one `/proc`
+/// read per exec).
 const FEEDER_NICE: i32 = -10;
 
 /// Gives the calling thread (the feeder) [`FEEDER_NICE`]. Needs CAP_SYS_NICE (root has it; the
@@ -320,7 +323,7 @@ fn raise_priority() {
     // SAFETY: setpriority takes plain integers; PRIO_PROCESS with a tid changes that thread only.
     let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, FEEDER_NICE) };
     if r != 0 {
-        tracing::info!(error = %std::io::Error::last_os_error(), "The process-events thread keeps its priority: instant processes are named less often.");
+        tracing::info!(error = %std::io::Error::last_os_error(), "The process-events thread keeps its priority (it matters only when the agent shares a CPU group with user processes).");
     }
 }
 
