@@ -491,6 +491,8 @@ impl ProcessTable {
         let ppid = fork_parent.filter(|p| *p != 0).unwrap_or(r.ppid);
         let mut role = r.argv.as_deref().and_then(jupyter::own_role);
         if role.is_none() {
+            // Without the connector the parent may have exec'd since it was read.
+            self.check_unfed(ppid, now_ms());
             let parent_is_server = self
                 .live(ppid)
                 .is_some_and(|p| p.jupyter == Some(JupyterRole::Server));
@@ -688,7 +690,7 @@ impl ProcessTable {
                 .get(&pid)
                 .and_then(|v| v.last())
                 .filter(|i| i.exited_ms.is_none())
-                .map(|i| i.created_time_ms);
+                .cloned();
             let fresh = g
                 .checked
                 .get(&pid)
@@ -701,13 +703,18 @@ impl ProcessTable {
         if scan {
             self.scan();
         }
-        let Some(created) = live else { return };
-        let start = std::fs::read(self.cfg.proc_root.join(format!("{pid}/stat")))
+        let Some(known) = live else { return };
+        let created = known.created_time_ms;
+        let stat = std::fs::read(self.cfg.proc_root.join(format!("{pid}/stat")))
             .ok()
             .and_then(|b| parse_stat(&b))
-            .map(|(_, _, t, _)| self.created_ms(t));
-        match start {
-            Some(c) if (c - created).abs() <= SAME_START_MS => {}
+            .map(|(_, comm, t, _)| (self.created_ms(t), comm));
+        match stat {
+            Some((c, comm))
+                if (c - created).abs() <= SAME_START_MS && !self.exec_since(&known, &comm) => {}
+            // Another process with the pid, or this one exec'd since it was read (nobody reports
+            // an exec without the connector: a restarted service read between its fork and its
+            // exec would otherwise stay `su` for good).
             Some(_) => match read_proc(&self.cfg.proc_root, pid) {
                 Ok(r) => {
                     let info = self.info_from_read(r, Seen::Lookup, None);
@@ -717,6 +724,16 @@ impl ProcessTable {
             },
             None => self.mark_exited(&mut self.lock(), pid, Some(created), now),
         }
+    }
+
+    /// Whether `known` (read earlier, same start time) has exec'd another program since: its
+    /// `comm` now is `comm`, or its executable changed.
+    fn exec_since(&self, known: &ProcessInfo, comm: &str) -> bool {
+        if known.name.as_deref().is_some_and(|n| n != comm) {
+            return true;
+        }
+        let exe = std::fs::read_link(self.cfg.proc_root.join(format!("{}/exe", known.pid)));
+        matches!((&known.exe, exe), (Some(was), Ok(now)) if *was != now)
     }
 
     /// The parent of `info` as it was when `info` started (never a later process with the pid).
@@ -1028,6 +1045,44 @@ mod tests {
         std::thread::sleep(Duration::from_millis(UNFED_CHECK_MS as u64 + 20));
         let _ = t.lookup(900, second_at);
         assert_eq!(t.stats().live, 0, "{:?}", t.all());
+    }
+
+    #[test]
+    fn without_the_connector_a_process_read_before_its_exec_is_read_again() {
+        use nix::time::{clock_gettime, ClockId};
+        let boot_secs = clock_gettime(ClockId::CLOCK_BOOTTIME).unwrap().tv_sec();
+        let start = u64::try_from(boot_secs).unwrap() * 100 - 1000;
+        let d = tempfile::tempdir().unwrap();
+        // A restarted jupyter-server read between su's fork and its exec (the sandbox's demo).
+        fake_proc(
+            d.path(),
+            &[(600, 1, "su", start, &["su", "-l", "ec2-user"], 0)],
+        );
+        let t = table(d.path());
+        t.set_feed(Err("EPERM".into()));
+        t.scan();
+        let at = t.created_ms(start) + 1;
+        assert!(matches!(t.lookup(600, at), Lookup::Known(i) if i.name.as_deref() == Some("su")));
+        // It exec'd: same pid, same start time, another program and user.
+        let server = "/opt/conda/bin/jupyter-server";
+        fake_proc(
+            d.path(),
+            &[(600, 1, "jupyter-server", start, &[server], 1000)],
+        );
+        std::thread::sleep(Duration::from_millis(UNFED_CHECK_MS as u64 + 20));
+        let r = t.lookup(600, at + 100);
+        assert!(
+            matches!(&r, Lookup::Known(i) if i.name.as_deref() == Some("jupyter-server")
+                && i.uid == Some(1000) && i.jupyter == Some(JupyterRole::Server)),
+            "{r:?}"
+        );
+        // A child read later finds its parent as it is now.
+        fake_proc(d.path(), &[(601, 600, "bash", start + 50, &["bash"], 1000)]);
+        let Lookup::Known(child) = t.lookup(601, at + 1000) else {
+            panic!("bash must be known")
+        };
+        let parent = t.parent(&child).expect("its parent");
+        assert_eq!(parent.name.as_deref(), Some("jupyter-server"));
     }
 
     #[test]
