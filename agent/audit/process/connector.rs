@@ -11,7 +11,8 @@
 //! `CONFIG_PROC_EVENTS`).
 //!
 //! Messages lost because the socket buffer overflowed (`ENOBUFS`) are reported as
-//! [`ProcEvent::Lost`]; the table then rescans `/proc` so that no exit is missed for good.
+//! [`ProcEvent::Lost`]; the table then rescans `/proc` once the socket is empty, so that no
+//! exit is missed for good.
 //!
 //! nix has no `NETLINK_CONNECTOR` socket protocol, so the socket is made with `libc::socket`
 //! (the one `unsafe` here); binding, sending and receiving go through nix. Messages are parsed
@@ -308,23 +309,50 @@ pub fn apply(table: &ProcessTable, ev: ProcEvent) {
     }
 }
 
-/// The feeder's nice value. It races instant processes (a `touch` lives about a millisecond) to
-/// their `/proc` entry. A nice value competes only inside a CPU group (a session under autogroup,
-/// the unit's cgroup under systemd): measured (docs/BENCHMARKS.md), a daemon in the `touch`
-/// loop's own session names 78–84 % of 1,000 `touch` at nice 0 and 92–96 % at -10; in a session
-/// of its own, as deployed, 86–94 % either way. Its work is bounded by the exec rate (one `/proc`
-/// read per exec).
+/// The feeder's scheduling. It races instant processes (a `touch` lives about a millisecond) to
+/// their `/proc` entry, and only a realtime thread reliably wins: measured (docs/BENCHMARKS.md),
+/// 1,000 `touch` are 100 % complete with `SCHED_FIFO` 1 and 86–94 % at nice 0 or -10 (a nice
+/// value competes only inside a CPU group, and the unit is a group of its own). The lowest
+/// realtime priority is enough: it only has to run before a normal process, not before any
+/// other realtime one. Its work is bounded by the system's fork/exec rate and is a fraction of
+/// what those forks and execs cost their makers (one `/proc` read per exec); a loss of messages
+/// costs one `/proc` scan once the socket is empty; the kernel's realtime throttling
+/// (`sched_rt_runtime_us`) bounds it whatever happens.
+const FEEDER_RT_PRIORITY: i32 = 1;
+
+/// Where realtime is refused (no CAP_SYS_NICE, or a cgroup with no realtime budget), nice -10.
 const FEEDER_NICE: i32 = -10;
 
-/// Gives the calling thread (the feeder) [`FEEDER_NICE`]. Needs CAP_SYS_NICE (root has it; the
-/// unit forbids only realtime scheduling); without it the thread keeps its priority and says so.
+/// Gives the calling thread (the feeder) [`FEEDER_RT_PRIORITY`] under `SCHED_FIFO`, else
+/// [`FEEDER_NICE`]; says which in the log. Both need CAP_SYS_NICE (root has it).
 fn raise_priority() {
     let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: sched_param is plain integers (musl's has more fields than glibc's): zero is valid.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = FEEDER_RT_PRIORITY;
+    // The system call itself: musl's sched_setscheduler() always fails with ENOSYS (POSIX's is
+    // per process, Linux's per thread). SAFETY: `param` outlives the call; a tid changes that
+    // thread only.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            tid,
+            libc::SCHED_FIFO,
+            &raw const param,
+        )
+    };
+    if r == 0 {
+        tracing::debug!(
+            priority = FEEDER_RT_PRIORITY,
+            "The process-events thread runs SCHED_FIFO."
+        );
+        return;
+    }
+    let rt = std::io::Error::last_os_error();
     // SAFETY: setpriority takes plain integers; PRIO_PROCESS with a tid changes that thread only.
     let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, FEEDER_NICE) };
-    if r != 0 {
-        tracing::info!(error = %std::io::Error::last_os_error(), "The process-events thread keeps its priority (it matters only when the agent shares a CPU group with user processes).");
-    }
+    let nice = (r != 0).then(std::io::Error::last_os_error);
+    tracing::info!(realtime = %rt, nice = ?nice.map(|e| e.to_string()), "The process-events thread cannot run SCHED_FIFO: instant processes (cp, rm, touch) are named less often.");
 }
 
 /// A thread that feeds the table from the connector until [`Feeder::stop`].
@@ -363,6 +391,9 @@ impl Feeder {
                     let t = now_ms();
                     let mut r = conn.read(&mut evs, Duration::ZERO);
                     if r.is_ok() && evs.is_empty() {
+                        if table.rescan_if_lost() {
+                            continue;
+                        }
                         table.set_drained(t);
                         r = conn.read(&mut evs, Duration::from_millis(200));
                         table.set_woken();

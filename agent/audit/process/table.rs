@@ -155,10 +155,12 @@ struct Inner {
     /// event sent now would wake it within a scheduler tick, so an event older than
     /// [`WAKE_MS`] has nothing pending behind it.
     feeder_idle: bool,
+    /// Connector messages were lost and `/proc` has not been read again since.
+    rescan_due: bool,
 }
 
 /// How long after a process event the connector's thread, blocked on its socket, has surely
-/// woken and applied it (it runs at nice -10; wakeups take microseconds).
+/// woken and applied it (it runs at realtime priority, or nice -10; wakeups take microseconds).
 const WAKE_MS: i64 = 5;
 
 pub struct ProcessTable {
@@ -214,6 +216,7 @@ impl ProcessTable {
                 last_scan_ms: now,
                 drained_ms: i64::MIN,
                 feeder_idle: false,
+                rescan_due: false,
             }),
         }
     }
@@ -453,10 +456,22 @@ impl ProcessTable {
         }
     }
 
-    /// Connector messages were lost: exits may have been missed.
+    /// Connector messages were lost: exits may have been missed. `/proc` is read again by
+    /// [`ProcessTable::rescan_if_lost`] once the connector's socket is empty, not once per loss
+    /// (a storm of forks overflows it again and again).
     pub fn on_lost(&self) {
-        self.lock().lost += 1;
-        self.scan();
+        let mut g = self.lock();
+        g.lost += 1;
+        g.rescan_due = true;
+    }
+
+    /// Reads `/proc` again if messages were lost since the last time; true if it did.
+    pub fn rescan_if_lost(&self) -> bool {
+        let due = std::mem::take(&mut self.lock().rescan_due);
+        if due {
+            self.scan();
+        }
+        due
     }
 
     fn stub(&self, pid: u32, ppid: u32, created: i64, note: String) -> ProcessInfo {
