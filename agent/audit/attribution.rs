@@ -18,7 +18,7 @@ use super::ocsf::Context;
 use super::ocsf_actor::{actor, attribute, attribute_with, Attribution};
 use super::process::connector::Feeder;
 use super::process::jupyter::descent;
-use super::process::table::{Seen, TableStats, UserLookup};
+use super::process::table::{TableStats, UserLookup};
 use super::process::{Lookup, ProcessInfo, ProcessTable, TableConfig};
 use super::watcher::PidHook;
 
@@ -162,11 +162,7 @@ impl Attributor {
         // Known only as a fork of its parent, or not at all: its fork and exec may still be in
         // the connector's queue (the event can be read before the feeder applied them, and the
         // process be gone from /proc by then).
-        let pending = match &lookup {
-            Lookup::Known(i) => i.seen == Seen::Fork,
-            Lookup::Unknown(_) => true,
-        };
-        if pending && self.table.await_drained(time_ms, EXEC_WAIT) {
+        if lookup.may_be_queued() && self.table.await_drained(time_ms, EXEC_WAIT) {
             return self.table.lookup(pid, time_ms);
         }
         lookup

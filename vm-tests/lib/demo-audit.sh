@@ -53,7 +53,7 @@ EOF
 # A process that exits at once is named when the agent read it in time; without the process-events
 # connector (this sandbox: docs/WATCHER-DESIGN.md) it may be gone first, and the record says why.
 # A program whose exec lost that race is '?[pid]', still with its user and parent.
-DEMO_UNKNOWN='\? \(unknown: |\?\[[0-9]+\] ec2-user .*parent=bash\['
+DEMO_UNKNOWN='\? \(unknown: process [0-9]+ exited before it could be read|\?\[[0-9]+\] ec2-user .*parent=bash\['
 
 # As ec2-user: cp and rm (instant), then the AWS CLI of the base conda env copies data/train.csv
 # out to the data bucket in moto (a read of data/**, which audit.reads watches). Test credentials.

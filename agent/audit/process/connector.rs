@@ -193,8 +193,10 @@ impl Connector {
         Ok(())
     }
 
-    /// Waits up to `timeout` for messages and appends them to `out`.
-    pub fn read(&mut self, out: &mut Vec<ProcEvent>, timeout: Duration) -> std::io::Result<()> {
+    /// Waits up to `timeout` for a datagram and appends its messages to `out`. Ok(true) when one
+    /// was received (or lost): `out` may still be empty, since messages of no interest (threads,
+    /// comm changes, …) are skipped; Ok(false) only when the socket had nothing.
+    pub fn read(&mut self, out: &mut Vec<ProcEvent>, timeout: Duration) -> std::io::Result<bool> {
         let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
         let ready = {
             let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
@@ -205,7 +207,7 @@ impl Connector {
             }
         };
         if !ready {
-            return Ok(());
+            return Ok(false);
         }
         match recv(
             std::os::fd::AsRawFd::as_raw_fd(&self.fd),
@@ -214,13 +216,13 @@ impl Connector {
         ) {
             Ok(n) => {
                 parse(&self.buf[..n], out);
-                Ok(())
+                Ok(true)
             }
             Err(Errno::ENOBUFS) => {
                 out.push(ProcEvent::Lost);
-                Ok(())
+                Ok(true)
             }
-            Err(Errno::EINTR | Errno::EAGAIN) => Ok(()),
+            Err(Errno::EINTR | Errno::EAGAIN) => Ok(false),
             Err(e) => Err(std::io::Error::other(format!("connector: recv: {e}"))),
         }
     }
@@ -314,18 +316,20 @@ pub fn apply(table: &ProcessTable, ev: ProcEvent) {
 /// 1,000 `touch` are a median 99.3 % complete with `SCHED_FIFO` 1 and 86–94 % at nice 0 or -10 (a nice
 /// value competes only inside a CPU group, and the unit is a group of its own). The lowest
 /// realtime priority is enough: it only has to run before a normal process, not before any
-/// other realtime one. Its work is bounded by the system's fork/exec rate and is a fraction of
-/// what those forks and execs cost their makers (one `/proc` read per exec); a loss of messages
-/// costs one `/proc` scan once the socket is empty; the kernel's realtime throttling
-/// (`sched_rt_runtime_us`) bounds it whatever happens.
+/// other realtime one. Per message its work is small and never loops (a lock and a clone, or
+/// one `/proc` read per exec); a loss of messages costs one `/proc` scan once the socket is
+/// empty, at most one per second ([`ProcessTable::rescan_if_lost`]). In a sustained storm of
+/// forks it can keep one CPU busy for as long as the storm lasts; the kernel's realtime
+/// throttling (`sched_rt_runtime_us`) leaves 5 % of that CPU to the rest, and the other CPUs.
 const FEEDER_RT_PRIORITY: i32 = 1;
 
 /// Where realtime is refused (no CAP_SYS_NICE, or a cgroup with no realtime budget), nice -10.
 const FEEDER_NICE: i32 = -10;
 
 /// Gives the calling thread (the feeder) [`FEEDER_RT_PRIORITY`] under `SCHED_FIFO`, else
-/// [`FEEDER_NICE`]; says which in the log. Both need CAP_SYS_NICE (root has it).
-fn raise_priority() {
+/// [`FEEDER_NICE`]; says which in the log, and returns whether it is realtime. Both need
+/// CAP_SYS_NICE (root has it).
+fn raise_priority() -> bool {
     let tid = nix::unistd::gettid().as_raw();
     // SAFETY: sched_param is plain integers (musl's has more fields than glibc's): zero is valid.
     let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
@@ -337,7 +341,7 @@ fn raise_priority() {
         libc::syscall(
             libc::SYS_sched_setscheduler,
             tid,
-            libc::SCHED_FIFO,
+            libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK,
             &raw const param,
         )
     };
@@ -346,13 +350,14 @@ fn raise_priority() {
             priority = FEEDER_RT_PRIORITY,
             "The process-events thread runs SCHED_FIFO."
         );
-        return;
+        return true;
     }
     let rt = std::io::Error::last_os_error();
     // SAFETY: setpriority takes plain integers; PRIO_PROCESS with a tid changes that thread only.
     let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, FEEDER_NICE) };
     let nice = (r != 0).then(std::io::Error::last_os_error);
     tracing::info!(realtime = %rt, nice = ?nice.map(|e| e.to_string()), "The process-events thread cannot run SCHED_FIFO: instant processes (cp, rm, touch) are named less often.");
+    false
 }
 
 /// A thread that feeds the table from the connector until [`Feeder::stop`].
@@ -382,7 +387,7 @@ impl Feeder {
         let thread = std::thread::Builder::new()
             .name("proc-connector".into())
             .spawn(move || {
-                raise_priority();
+                table.set_feeder_realtime(raise_priority());
                 let mut evs = Vec::new();
                 while !flag.load(Ordering::SeqCst) {
                     evs.clear();
@@ -390,7 +395,7 @@ impl Feeder {
                     // `t` is applied (lookups of a just-forked pid wait for that).
                     let t = now_ms();
                     let mut r = conn.read(&mut evs, Duration::ZERO);
-                    if r.is_ok() && evs.is_empty() {
+                    if matches!(r, Ok(false)) {
                         if table.rescan_if_lost() {
                             continue;
                         }

@@ -87,6 +87,21 @@ pub enum Lookup {
     Unknown(String),
 }
 
+/// How the reason of a pid neither in the table nor in `/proc` ends while the connector feeds
+/// the table: its fork and exec may still be queued.
+const NOT_REPORTED: &str = "and the process-events connector did not report it";
+
+impl Lookup {
+    /// What the connector may still tell: a process known only as a fork of its parent (its
+    /// exec may be queued), or one not known at all. Other unknowns (a reused pid) it cannot fix.
+    pub fn may_be_queued(&self) -> bool {
+        match self {
+            Lookup::Known(i) => i.seen == Seen::Fork,
+            Lookup::Unknown(why) => why.ends_with(NOT_REPORTED),
+        }
+    }
+}
+
 pub type UserLookup = Box<dyn Fn(u32) -> Option<String> + Send + Sync>;
 
 #[derive(Debug, Clone)]
@@ -114,7 +129,8 @@ impl Default for TableConfig {
 pub struct TableStats {
     pub live: usize,
     pub exited: usize,
-    /// Connector messages lost (socket buffer overrun): the table was rescanned after each.
+    /// Connector messages lost (socket buffer overrun): `/proc` is rescanned once the socket is
+    /// empty again (at most once a second).
     pub lost: u64,
     /// Processes read at lookup time (not known beforehand).
     pub read_at_lookup: u64,
@@ -157,11 +173,22 @@ struct Inner {
     feeder_idle: bool,
     /// Connector messages were lost and `/proc` has not been read again since.
     rescan_due: bool,
+    last_rescan_ms: i64,
+    /// The connector's thread runs at realtime priority (see [`WAKE_MS`]).
+    feeder_realtime: bool,
+    /// `drained_ms` when a wait for it last timed out: later waits give up at once until it
+    /// moves (a stalled feeder costs one wait, not one per event).
+    gave_up_at: Option<i64>,
 }
 
 /// How long after a process event the connector's thread, blocked on its socket, has surely
-/// woken and applied it (it runs at realtime priority, or nice -10; wakeups take microseconds).
+/// woken and applied it: at realtime priority wakeups take microseconds; at nice -10 (realtime
+/// refused) [`WAKE_MS_NICE`].
 const WAKE_MS: i64 = 5;
+const WAKE_MS_NICE: i64 = 50;
+
+/// At most one `/proc` rescan after lost connector messages per this many ms.
+const RESCAN_MS: i64 = 1000;
 
 pub struct ProcessTable {
     cfg: TableConfig,
@@ -217,6 +244,9 @@ impl ProcessTable {
                 drained_ms: i64::MIN,
                 feeder_idle: false,
                 rescan_due: false,
+                last_rescan_ms: i64::MIN,
+                feeder_realtime: false,
+                gave_up_at: None,
             }),
         }
     }
@@ -244,16 +274,23 @@ impl ProcessTable {
         let until = std::time::Instant::now() + max;
         loop {
             {
-                let g = self.lock();
-                if g.feed_missing.is_some() {
+                let mut g = self.lock();
+                if g.feed_missing.is_some() || g.gave_up_at == Some(g.drained_ms) {
                     return false;
                 }
-                if g.drained_ms >= at_ms || (g.feeder_idle && now_ms() >= at_ms + WAKE_MS) {
+                let wake = if g.feeder_realtime {
+                    WAKE_MS
+                } else {
+                    WAKE_MS_NICE
+                };
+                if g.drained_ms >= at_ms || (g.feeder_idle && now_ms() >= at_ms + wake) {
+                    g.gave_up_at = None;
                     return true;
                 }
-            }
-            if std::time::Instant::now() >= until {
-                return false;
+                if std::time::Instant::now() >= until {
+                    g.gave_up_at = Some(g.drained_ms);
+                    return false;
+                }
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -465,13 +502,25 @@ impl ProcessTable {
         g.rescan_due = true;
     }
 
-    /// Reads `/proc` again if messages were lost since the last time; true if it did.
+    /// Reads `/proc` again if messages were lost since the last time, at most once per
+    /// [`RESCAN_MS`]; true if it did.
     pub fn rescan_if_lost(&self) -> bool {
-        let due = std::mem::take(&mut self.lock().rescan_due);
-        if due {
-            self.scan();
+        let now = now_ms();
+        {
+            let mut g = self.lock();
+            if !g.rescan_due || now.saturating_sub(g.last_rescan_ms) < RESCAN_MS {
+                return false;
+            }
+            g.rescan_due = false;
+            g.last_rescan_ms = now;
         }
-        due
+        self.scan();
+        true
+    }
+
+    /// Whether the connector's thread got realtime priority.
+    pub fn set_feeder_realtime(&self, realtime: bool) {
+        self.lock().feeder_realtime = realtime;
     }
 
     fn stub(&self, pid: u32, ppid: u32, created: i64, note: String) -> ProcessInfo {
@@ -677,9 +726,7 @@ impl ProcessTable {
                 Some(why) => format!(
                     "process {pid} exited before it could be read (no process-events connector: {why})"
                 ),
-                None => format!(
-                    "process {pid} exited before it could be read and the process-events connector did not report it"
-                ),
+                None => format!("process {pid} exited before it could be read {NOT_REPORTED}"),
             }),
         }
     }
@@ -729,10 +776,12 @@ impl ProcessTable {
                 if (c - created).abs() <= SAME_START_MS && !self.exec_since(&known, &comm) => {}
             // Another process with the pid, or this one exec'd since it was read (nobody reports
             // an exec without the connector: a restarted service read between its fork and its
-            // exec would otherwise stay `su` for good).
-            Some(_) => match read_proc(&self.cfg.proc_root, pid) {
+            // exec would otherwise stay `su` for good). After an exec its parent is the one it
+            // had, even if that one exited since.
+            Some((c, _)) => match read_proc(&self.cfg.proc_root, pid) {
                 Ok(r) => {
-                    let info = self.info_from_read(r, Seen::Lookup, None);
+                    let same = (c - created).abs() <= SAME_START_MS;
+                    let info = self.info_from_read(r, Seen::Lookup, same.then_some(known.ppid));
                     self.upsert(info);
                 }
                 Err(_) => self.mark_exited(&mut self.lock(), pid, Some(created), now),
@@ -1060,6 +1109,31 @@ mod tests {
         std::thread::sleep(Duration::from_millis(UNFED_CHECK_MS as u64 + 20));
         let _ = t.lookup(900, second_at);
         assert_eq!(t.stats().live, 0, "{:?}", t.all());
+    }
+
+    #[test]
+    fn a_stalled_feeder_costs_one_wait_and_losses_rescan_at_most_once_a_second() {
+        let d = tempfile::tempdir().unwrap();
+        fake_proc(d.path(), &[(1, 0, "init", 1, &["/sbin/init"], 0)]);
+        let t = table(d.path());
+        let at = now_ms();
+        let wait = |max| {
+            let s = std::time::Instant::now();
+            (t.await_drained(at, max), s.elapsed())
+        };
+        let (ok, took) = wait(Duration::from_millis(50));
+        assert!(!ok && took >= Duration::from_millis(50), "{took:?}");
+        // Until the feeder moves on, later waits give up at once.
+        let (ok, took) = wait(Duration::from_secs(5));
+        assert!(!ok && took < Duration::from_secs(1), "{took:?}");
+        t.set_drained(at);
+        assert!(wait(Duration::from_secs(5)).0);
+
+        t.on_lost();
+        assert!(t.rescan_if_lost(), "the first loss rescans");
+        t.on_lost();
+        assert!(!t.rescan_if_lost(), "a second within the second waits");
+        assert_eq!(t.stats().lost, 2);
     }
 
     #[test]
