@@ -313,8 +313,9 @@ pub fn apply(table: &ProcessTable, ev: ProcEvent) {
 
 /// The feeder's scheduling. It races instant processes (a `touch` lives about a millisecond) to
 /// their `/proc` entry, and only a realtime thread reliably wins: measured (docs/BENCHMARKS.md),
-/// 1,000 `touch` are 99.2–99.8 % complete with `SCHED_FIFO` 1 (idle machine) and 86–94 % at nice 0 or -10 (a nice
-/// value competes only inside a CPU group, and the unit is a group of its own). The lowest
+/// 1,000 `touch` are 99.2–99.8 % complete with `SCHED_FIFO` 1 (idle machine) and 86–94 % at
+/// nice 0 or -10 (a nice value competes only inside a CPU group, and the unit is a group of its
+/// own). The lowest
 /// realtime priority is enough: it only has to run before a normal process, not before any
 /// other realtime one. Per message its work is small and never loops (a lock and a clone, or
 /// one `/proc` read per exec); a loss of messages costs one `/proc` scan once the socket is
